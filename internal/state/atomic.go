@@ -1,0 +1,94 @@
+package state
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// atomicHook, when not nil, runs before each step of WriteFileAtomic
+// ("write", "sync", "rename"); an error from it fails that step. It exists
+// for fault-injection tests and is nil in production.
+var atomicHook func(step string) error
+
+func hook(step string) error {
+	if atomicHook == nil {
+		return nil
+	}
+	return atomicHook(step)
+}
+
+// WriteFileAtomic writes data to path so that readers see either the old
+// file or the whole new one: it writes a temporary file in the same
+// directory (created exclusively, then set to perm), syncs and closes it,
+// renames it over path, and syncs the directory. On any error before the
+// rename, the temporary file is removed and the old file is untouched. An
+// error syncing the directory after the rename is reported, but the new
+// file is then already in place.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: create temporary file: %w", path, unwrapPath(err))
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	step := func(name string, fn func() error) error {
+		if err := hook(name); err != nil {
+			return fmt.Errorf("write %s: %s: %w", path, name, err)
+		}
+		if err := fn(); err != nil {
+			return fmt.Errorf("write %s: %s: %w", path, name, unwrapPath(err))
+		}
+		return nil
+	}
+	if err := f.Chmod(perm); err != nil {
+		return fmt.Errorf("write %s: chmod temporary file: %w", path, unwrapPath(err))
+	}
+	if err := step("write", func() error { _, err := f.Write(data); return err }); err != nil {
+		return err
+	}
+	if err := step("sync", f.Sync); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: close: %w", path, unwrapPath(err))
+	}
+	if err := step("rename", func() error { return os.Rename(tmp, path) }); err != nil {
+		return err
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("write %s: sync directory (the new file is in place): %w", path, unwrapPath(err))
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// readAllBounded reads r to the end, refusing more than max bytes.
+func readAllBounded(r io.Reader, max int64) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("read: %w", unwrapPath(err))
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("larger than %d bytes", max)
+	}
+	return data, nil
+}
