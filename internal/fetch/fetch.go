@@ -79,6 +79,10 @@ type Tenant struct {
 	Backend        string // BackendSM or BackendBWCLI
 	OrganizationID string
 
+	// CredentialsFrom names where the credentials came from (the provider
+	// env file variable, or the variable prefix) for error messages.
+	CredentialsFrom string
+
 	// Secrets Manager.
 	ProjectIDs  []string
 	AccessToken Secret

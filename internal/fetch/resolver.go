@@ -172,6 +172,9 @@ func staleable(err error) bool {
 	return false
 }
 
+// Backends returns the backends the resolver fetches through.
+func (r *Resolver) Backends() map[string]Backend { return r.backends }
+
 // Purge drops every cached env (after a policy reload, for instance).
 func (r *Resolver) Purge() {
 	if r.cache != nil {

@@ -285,9 +285,9 @@ func TestForbiddenIsNoOracle(t *testing.T) {
 	tb := newTestBroker(t)
 	tok := tb.tokens["acme"]
 	paths := []string{
-		"/v1/tenants/globex/env",          // exists, out of scope
-		"/v1/tenants/nosuchtenant/env",    // does not exist
-		"/v1/tenants/ACME/env",            // case variant
+		"/v1/tenants/globex/env",       // exists, out of scope
+		"/v1/tenants/nosuchtenant/env", // does not exist
+		"/v1/tenants/ACME/env",         // case variant
 		"/v1/tenants/acme%2f..%2fglobex/env",
 		"/v1/tenants/acme%00/env",
 		"/v1/tenants/%61cme%20/env",

@@ -31,11 +31,13 @@ func BuildTenants(p *scope.Policy, env map[string]string) (tenants map[string]fe
 		case fetch.BackendSM:
 			t.ProjectIDs = append([]string(nil), pt.ProjectIDs...)
 			t.AccessToken = get(pt.AccessTokenEnv)
+			t.CredentialsFrom = pt.AccessTokenEnv
 		case fetch.BackendBWCLI:
 			t.Collection = pt.Collection
 			if t.Collection == "" {
 				t.Collection = name
 			}
+			t.CredentialsFrom = pt.CredentialsEnvPrefix + "BW_*"
 			t.ClientID = get(pt.CredentialsEnvPrefix + "BW_CLIENTID")
 			t.ClientSecret = get(pt.CredentialsEnvPrefix + "BW_CLIENTSECRET")
 			t.Password = get(pt.CredentialsEnvPrefix + "BW_PASSWORD")
