@@ -26,20 +26,34 @@ func hook(step string) error {
 // rename, the temporary file is removed and the old file is untouched. An
 // error syncing the directory after the rename is reported, but the new
 // file is then already in place.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
+	}
+	// On Linux the data is first written to an unnamed file (O_TMPFILE) that
+	// gets a name only once it is complete, so a process killed mid-write
+	// leaves nothing behind. Elsewhere, or where the filesystem lacks
+	// O_TMPFILE, a named temporary file is used.
+	if f, err := openUnnamed(dir, perm); err == nil {
+		return writeVia(path, dir, base, f, "", data, perm)
 	}
 	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("write %s: create temporary file: %w", path, unwrapPath(err))
 	}
-	tmp := f.Name()
+	return writeVia(path, dir, base, f, f.Name(), data, perm)
+}
+
+// writeVia writes data to f (named tmp, or unnamed when tmp is ""), gives it
+// a temporary name if needed, and renames it over path.
+func writeVia(path, dir, base string, f *os.File, tmp string, data []byte, perm os.FileMode) (err error) {
 	defer func() {
 		if err != nil {
 			f.Close()
-			os.Remove(tmp)
+			if tmp != "" {
+				os.Remove(tmp)
+			}
 		}
 	}()
 	step := func(name string, fn func() error) error {
@@ -59,6 +73,13 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 	}
 	if err := step("sync", f.Sync); err != nil {
 		return err
+	}
+	if tmp == "" {
+		name, err := linkUnnamed(f, dir, "."+base+".tmp-")
+		if err != nil {
+			return fmt.Errorf("write %s: link temporary file: %w", path, unwrapPath(err))
+		}
+		tmp = name
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("write %s: close: %w", path, unwrapPath(err))

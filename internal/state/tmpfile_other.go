@@ -1,0 +1,14 @@
+//go:build !linux
+
+package state
+
+import (
+	"errors"
+	"os"
+)
+
+var errNoUnnamed = errors.New("unnamed temporary files are not supported here")
+
+func openUnnamed(dir string, perm os.FileMode) (*os.File, error) { return nil, errNoUnnamed }
+
+func linkUnnamed(f *os.File, dir, prefix string) (string, error) { return "", errNoUnnamed }
