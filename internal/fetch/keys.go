@@ -1,27 +1,17 @@
 package fetch
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/hostd/broker/internal/envkey"
+)
 
 // MaxKeyLen bounds a key name; longer names are rejected like invalid ones.
-const MaxKeyLen = 256
+const MaxKeyLen = envkey.MaxLen
 
 // ValidKey reports whether k is a valid environment key:
 // ^[A-Za-z_][A-Za-z0-9_]*$, at most MaxKeyLen bytes.
-func ValidKey(k string) bool {
-	if k == "" || len(k) > MaxKeyLen {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		c := k[i]
-		switch {
-		case c == '_', 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z':
-		case '0' <= c && c <= '9' && i > 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
+func ValidKey(k string) bool { return envkey.Valid(k) }
 
 // EnvBuilder collects key/value pairs from an upstream, rejecting invalid and
 // duplicate keys with an error that names the key (quoted, and only when it
@@ -56,12 +46,4 @@ func (b *EnvBuilder) Env() Env {
 	return b.env
 }
 
-// quoteKey quotes a key name for an error message, truncated so that a
-// hostile upstream cannot flood logs through it.
-func quoteKey(k string) string {
-	const max = 64
-	if len(k) > max {
-		return fmt.Sprintf("%q… (%d bytes)", k[:max], len(k))
-	}
-	return fmt.Sprintf("%q", k)
-}
+func quoteKey(k string) string { return envkey.Quote(k) }

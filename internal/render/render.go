@@ -55,7 +55,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/hostd/broker/internal/fetch"
+	"github.com/hostd/broker/internal/envkey"
 )
 
 // Format is an output format name as used by `--format` and `?format=`.
@@ -93,7 +93,7 @@ func (f Format) ContentType() string {
 
 // Reasons a key cannot be rendered, carried by *KeyError.
 var (
-	// ErrInvalidKey: the key does not satisfy fetch.ValidKey.
+	// ErrInvalidKey: the key does not satisfy envkey.Valid.
 	ErrInvalidKey = errors.New("not a valid environment name (want ^[A-Za-z_][A-Za-z0-9_]*$)")
 	// ErrNUL: a shell variable cannot hold the value's NUL byte.
 	ErrNUL = errors.New("the value contains a NUL byte, which a shell variable cannot hold")
@@ -110,21 +110,11 @@ type KeyError struct {
 }
 
 func (e *KeyError) Error() string {
-	return fmt.Sprintf("render %s: key %s: %v", e.Format, quoteKey(e.Key), e.Err)
+	return fmt.Sprintf("render %s: key %s: %v", e.Format, envkey.Quote(e.Key), e.Err)
 }
 
 // Unwrap returns e.Err.
 func (e *KeyError) Unwrap() error { return e.Err }
-
-// quoteKey quotes a key for an error message, truncated so that a hostile
-// upstream cannot flood logs through it.
-func quoteKey(k string) string {
-	const max = 64
-	if len(k) > max {
-		return fmt.Sprintf("%q… (%d bytes)", k[:max], len(k))
-	}
-	return fmt.Sprintf("%q", k)
-}
 
 // Render returns env in format f, keys sorted. See Append.
 func Render(f Format, env map[string]string) ([]byte, error) {
@@ -138,7 +128,7 @@ func Render(f Format, env map[string]string) ([]byte, error) {
 
 // Append appends env in format f to dst, keys sorted in byte order, and
 // returns the extended slice. An unknown format, an invalid key (see
-// fetch.ValidKey) or a value the format cannot carry exactly returns dst
+// envkey.Valid) or a value the format cannot carry exactly returns dst
 // unchanged and an error (a *KeyError for a key) naming the key but never a
 // value. For envs of up to 64 keys Append does not allocate when dst has room.
 func Append(dst []byte, f Format, env map[string]string) ([]byte, error) {
@@ -195,7 +185,7 @@ func Append(dst []byte, f Format, env map[string]string) ([]byte, error) {
 func check(f Format, k, v string) error {
 	var err error
 	switch {
-	case !fetch.ValidKey(k):
+	case !envkey.Valid(k):
 		err = ErrInvalidKey
 	case f == Shell && strings.IndexByte(v, 0) >= 0:
 		err = ErrNUL

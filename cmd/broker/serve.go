@@ -1,0 +1,253 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/hostd/broker/internal/fallback/bwcli"
+	"github.com/hostd/broker/internal/fetch"
+	"github.com/hostd/broker/internal/scope"
+	"github.com/hostd/broker/internal/server"
+	"github.com/hostd/broker/internal/state"
+)
+
+const (
+	reloadPollInterval = 250 * time.Millisecond
+	shutdownGrace      = 10 * time.Second
+)
+
+func runServe(ctx context.Context, c *cli, args []string) error {
+	fs := c.newFlagSet("serve", "--policy FILE --env-file FILE --state-dir DIR [--listen unix:PATH | tcp:HOST:PORT]")
+	var ff fileFlags
+	c.addFileFlags(fs, &ff)
+	listen := defaultListen(c)
+	fs.StringVar(&listen, "listen", listen, "where to listen: unix:`PATH` (default from BROKER_SOCKET) or tcp:HOST:PORT on loopback")
+	var logFormat string
+	fs.StringVar(&logFormat, "log-format", "json", "log and audit line `FORMAT`: json or text")
+	if err := parse(fs, args, false); err != nil {
+		return err
+	}
+	if err := ff.require(true, true); err != nil {
+		return err
+	}
+	spec, err := server.ParseListen(listen)
+	if err != nil {
+		return usageErr("--listen: %v", err)
+	}
+	logger, err := newLogger(c.stderr, logFormat)
+	if err != nil {
+		return err
+	}
+	b, err := openBroker(ctx, logger, ff)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	return b.serve(ctx, spec)
+}
+
+func defaultListen(c *cli) string {
+	if s := c.getenv("BROKER_SOCKET"); s != "" {
+		return socketSpec(s)
+	}
+	return "unix:" + server.DefaultSocket
+}
+
+func newLogger(w io.Writer, format string) (*slog.Logger, error) {
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, nil)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, nil)), nil
+	}
+	return nil, usageErr("--log-format %q: want json or text", format)
+}
+
+// broker is a running serve: its files, backends and HTTP server.
+type broker struct {
+	log     *slog.Logger
+	files   fileFlags
+	base    context.Context
+	cancel  context.CancelFunc
+	sm      *fetch.SM
+	bw      *bwcli.Backend
+	metrics *server.Metrics
+	srv     *server.Server
+	cache   scope.Cache
+}
+
+// openBroker loads and checks everything serve needs, refusing to start on
+// any problem, and builds the backends.
+func openBroker(ctx context.Context, logger *slog.Logger, ff fileFlags) (*broker, error) {
+	hardenProcess(logger)
+	if err := state.EnsureStateDir(ff.stateDir); err != nil {
+		return nil, err
+	}
+	pol, err := state.LoadPolicy(ff.policy)
+	if err != nil {
+		return nil, err
+	}
+	envVars, err := state.LoadEnvFile(ff.envFile)
+	if err != nil {
+		return nil, err
+	}
+	tokens, err := state.OpenTokenFile(ff.stateDir).Load()
+	if err != nil {
+		return nil, err
+	}
+	b := &broker{log: logger, files: ff, metrics: server.NewMetrics(), cache: pol.Cache}
+	b.base, b.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	backends := map[string]fetch.Backend{}
+	if pol.Upstream.SM.APIURL != "" {
+		b.sm, err = fetch.NewSM(fetch.SMConfig{
+			APIURL:      pol.Upstream.SM.APIURL,
+			IdentityURL: pol.Upstream.SM.IdentityURL,
+			StateDir:    filepath.Join(ff.stateDir, "sm"),
+			Logger:      logger,
+		})
+		if err != nil {
+			b.close()
+			return nil, fmt.Errorf("secrets manager backend: %v", err)
+		}
+		backends[fetch.BackendSM] = b.sm
+	}
+	if pol.Upstream.BW.ServerURL != "" {
+		b.bw, err = bwcli.New(bwcli.Config{
+			ServerURL: pol.Upstream.BW.ServerURL,
+			CAFile:    pol.Upstream.BW.CAFile,
+			Mode:      pol.Upstream.BW.Mode,
+			StateDir:  ff.stateDir,
+			Logger:    logger,
+		})
+		if err != nil {
+			b.close()
+			return nil, fmt.Errorf("bw fallback backend: %v", err)
+		}
+		backends[fetch.BackendBWCLI] = b.bw
+	}
+	resolver := fetch.NewResolver(b.base, fetch.ResolverConfig{
+		TTL:          pol.Cache.TTL.Duration,
+		StaleIfError: pol.Cache.StaleIfError.Duration,
+		MaxTenants:   pol.Cache.MaxTenants,
+	}, backends)
+	cfg := b.buildConfig(pol, envVars, tokens, resolver)
+	b.srv = server.New(server.Options{Logger: logger, Audit: logger, Metrics: b.metrics}, cfg)
+	b.registerMetrics(resolver)
+	return b, nil
+}
+
+func (b *broker) buildConfig(pol *scope.Policy, envVars map[string]string, tokens *scope.TokenStore, r *fetch.Resolver) *server.Config {
+	tenants, missing := server.BuildTenants(pol, envVars)
+	for t, v := range missing {
+		b.log.Warn("tenant credential missing from the provider env file; the tenant will fail until it is added",
+			"tenant", t, "variable", v)
+	}
+	return &server.Config{Policy: pol, Tenants: tenants, Missing: missing, Tokens: tokens, Resolver: r}
+}
+
+func (b *broker) registerMetrics(r *fetch.Resolver) {
+	m := b.metrics
+	m.GaugeFunc("broker_cache_entries", "Tenant envs in the cache.", func() float64 {
+		_, _, n := b.srv.Config().Resolver.CacheStats()
+		return float64(n)
+	})
+	m.CounterFunc("broker_cache_hits_total", "Env requests answered from the cache.", func() float64 {
+		h, _, _ := b.srv.Config().Resolver.CacheStats()
+		return float64(h)
+	})
+	m.CounterFunc("broker_cache_misses_total", "Env requests that went to the upstream (or joined a fetch in flight).", func() float64 {
+		_, mi, _ := b.srv.Config().Resolver.CacheStats()
+		return float64(mi)
+	})
+	if b.sm != nil {
+		registerSMMetrics(m, b.sm)
+	}
+	if b.bw != nil {
+		registerBWMetrics(m, b.bw)
+	}
+}
+
+// reload re-reads the policy, the provider env file and the token store. A
+// policy that does not load, or that changes what needs a restart, is refused
+// and the running configuration kept.
+func (b *broker) reload(reason string) {
+	old := b.srv.Config()
+	tokens, err := state.OpenTokenFile(b.files.stateDir).Load()
+	if err != nil {
+		b.log.Error("reload refused: token store does not load; keeping the old one", "reason", reason, "err", err)
+		tokens = old.Tokens
+	}
+	pol, err := state.LoadPolicy(b.files.policy)
+	if err == nil && pol.Upstream != old.Policy.Upstream {
+		err = errors.New("upstream settings changed; restart the broker to apply them")
+	}
+	var envVars map[string]string
+	if err == nil {
+		envVars, err = state.LoadEnvFile(b.files.envFile)
+	}
+	if err != nil {
+		b.log.Error("reload refused: keeping the running policy", "reason", reason, "err", err)
+		if tokens != old.Tokens {
+			cfg := *old
+			cfg.Tokens = tokens
+			b.srv.SetConfig(&cfg)
+		}
+		return
+	}
+	resolver := old.Resolver
+	if pol.Cache != b.cache {
+		resolver = fetch.NewResolver(b.base, fetch.ResolverConfig{
+			TTL:          pol.Cache.TTL.Duration,
+			StaleIfError: pol.Cache.StaleIfError.Duration,
+			MaxTenants:   pol.Cache.MaxTenants,
+		}, old.Resolver.Backends())
+		b.cache = pol.Cache
+	}
+	b.srv.SetConfig(b.buildConfig(pol, envVars, tokens, resolver))
+	b.log.Info("configuration reloaded", "reason", reason, "tenants", len(pol.Tenants), "tokens", len(tokens.Tokens))
+}
+
+func (b *broker) serve(ctx context.Context, spec server.ListenSpec) error {
+	ln, cleanup, err := server.Listen(spec, 0o600)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go server.Watch(wctx, []string{b.files.policy, b.files.envFile, state.OpenTokenFile(b.files.stateDir).Path()},
+		reloadPollInterval, hup, b.reload)
+	b.log.Info("serving", "listen", spec.Network+":"+spec.Address, "tenants", len(b.srv.Config().Tenants))
+	go func() {
+		<-ctx.Done()
+		b.cancel() // abort upstream fetches in flight; bw calls lock on the way out
+	}()
+	err = b.srv.Serve(ctx, ln, shutdownGrace)
+	b.log.Info("stopped")
+	return err
+}
+
+func (b *broker) close() {
+	if b.cancel != nil {
+		b.cancel()
+	}
+	if b.bw != nil {
+		if err := b.bw.Close(); err != nil {
+			b.log.Error("closing the bw fallback", "err", err)
+		}
+	}
+	if b.sm != nil {
+		b.sm.Close()
+	}
+}
