@@ -1,9 +1,10 @@
 package fetch
 
 // This file is the Secrets Manager backend in pure Go: the client pool, the
-// upstream limiter, retries and error mapping. The SDK itself is reached only
-// through the narrow smClient interface, implemented in sm_sdk.go (cgo) and
-// absent in builds without cgo (sm_nosdk.go).
+// upstream limiter, retries and error mapping. The upstream is reached only
+// through the narrow smClient interface, implemented twice: by the SDK
+// adapter in sm_sdk.go (cgo; absent in builds without cgo, see sm_nosdk.go)
+// and by the pure-Go client in sm_native.go. SMConfig.Client picks one.
 
 import (
 	"context"
@@ -90,6 +91,25 @@ type SMConfig struct {
 	// Logger receives operational events (never tokens or values).
 	// Default slog.Default().
 	Logger *slog.Logger
+	// Client picks the Secrets Manager client: SMClientSDK (sdk-go, cgo),
+	// SMClientNative (pure Go), or "" for SMClientDefault(). Both keep the
+	// same state files, limiter, retries and error kinds.
+	Client string
+}
+
+// Secrets Manager clients (SMConfig.Client, policy upstream.sm.client).
+const (
+	SMClientSDK    = "sdk"
+	SMClientNative = "native"
+)
+
+// SMClientDefault returns the client an empty SMConfig.Client means:
+// SMClientSDK when this build includes the SDK, SMClientNative otherwise.
+func SMClientDefault() string {
+	if smNewSDKClient != nil {
+		return SMClientSDK
+	}
+	return SMClientNative
 }
 
 // SMStats are counters for metrics. All counts are since NewSM.
@@ -122,7 +142,8 @@ type SM struct {
 	apiURL, identityURL string
 	stateDir            string
 	log                 *slog.Logger
-	newClient           func(apiURL, identityURL string) (smClient, error) // nil: no SDK in this build
+	newClient           func(apiURL, identityURL string) (smClient, error) // nil: no client (tests only)
+	clientKind          string                                             // SMClientSDK or SMClientNative ("" in tests)
 	limiter             *rate.Limiter
 	sem                 chan struct{}
 	pool                *smPool
@@ -164,18 +185,43 @@ type smSecretID struct {
 }
 
 // SMSupported reports whether this build includes the Secrets Manager SDK
-// (cgo on linux or darwin, amd64 or arm64).
+// (cgo on linux or darwin, amd64 or arm64). The native client is in every
+// build; see SMClientDefault.
 func SMSupported() bool { return smNewSDKClient != nil }
 
-// NewSM returns a Secrets Manager backend. It refuses empty or malformed
-// URLs, creates StateDir, removes RUST_LOG from the environment (at debug
-// level the SDK prints client secrets) and, when a proxy variable is set,
-// adds loopback upstream hosts to NO_PROXY (reqwest proxies even 127.0.0.1).
-// In a build without the SDK it succeeds, and using an SM tenant gives a
-// KindConfig error that says how to get a build with it.
+// NewSM returns a Secrets Manager backend using the client cfg.Client names
+// (see SMClientDefault). It refuses empty or malformed URLs, an unknown
+// client, and SMClientSDK in a build without the SDK; it creates StateDir,
+// removes RUST_LOG from the environment (at debug level the SDK prints
+// client secrets) and, when a proxy variable is set, adds loopback upstream
+// hosts to NO_PROXY (reqwest proxies even 127.0.0.1).
 func NewSM(cfg SMConfig) (*SM, error) {
-	return newSM(cfg, smNewSDKClient)
+	kind := cfg.Client
+	if kind == "" {
+		kind = SMClientDefault()
+	}
+	var newClient func(apiURL, identityURL string) (smClient, error)
+	switch kind {
+	case SMClientSDK:
+		if smNewSDKClient == nil {
+			return nil, fmt.Errorf("secrets manager client %q is not in this build: sdk-go needs cgo on linux or darwin, amd64 or arm64 (build with CGO_ENABLED=1 and a C compiler); or set upstream.sm.client to %q, the pure-Go client", SMClientSDK, SMClientNative)
+		}
+		newClient = smNewSDKClient
+	case SMClientNative:
+		newClient = smNewNativeClient
+	default:
+		return nil, fmt.Errorf("secrets manager client %q is unknown: use %q, %q or leave it empty", cfg.Client, SMClientSDK, SMClientNative)
+	}
+	s, err := newSM(cfg, newClient)
+	if err != nil {
+		return nil, err
+	}
+	s.clientKind = kind
+	return s, nil
 }
+
+// Client returns the client this backend uses: SMClientSDK or SMClientNative.
+func (s *SM) Client() string { return s.clientKind }
 
 func newSM(cfg SMConfig, newClient func(apiURL, identityURL string) (smClient, error)) (*SM, error) {
 	apiURL, err := checkSMURL("api", cfg.APIURL)
@@ -595,7 +641,7 @@ func (s *SM) checkTenant(t Tenant) (smToken, error) {
 func errNoSDK(tenant string) *Error {
 	return NewError(KindConfig, tenant,
 		"this broker was built without the Secrets Manager SDK (it needs cgo on linux or darwin, amd64 or arm64); "+
-			"rebuild with CGO_ENABLED=1 and a C compiler, or move the tenant to backend \"bwcli\"", nil)
+			"set upstream.sm.client to \"native\", rebuild with CGO_ENABLED=1 and a C compiler, or move the tenant to backend \"bwcli\"", nil)
 }
 
 // tokenVar names the variable a tenant's access token came from.
@@ -741,7 +787,8 @@ const (
 
 // do runs op on e's client, retrying 429, 5xx and (for idempotent ops)
 // connection failures with exponential backoff and jitter, or the
-// Retry-After the error text carries. It never starts an attempt it cannot
+// Retry-After the upstream gave (the native client reads the header; the
+// SDK drops headers, so only a Retry-After repeated in an error body counts). It never starts an attempt it cannot
 // wait for before ctx's deadline. It returns nil, an *smFailure (classified
 // upstream failure) or an *Error (deadline, cancel, local).
 func (s *SM) do(ctx context.Context, e *smEntry, kind smOpKind, skip func() bool, op func(c smClient) error) error {
@@ -919,50 +966,44 @@ var (
 	reRetryAfter = regexp.MustCompile(`(?i)retry[-_ ]?after\W{0,4}(\d{1,5}(?:\.\d{1,3})?)`)
 )
 
-// classifySDKError maps the SDK's error text to a category. The text can
-// hold response bodies, JWTs and values: nothing of it survives except the
-// status code and a Retry-After number.
+// classifySDKError maps a client error to a category: the native client's
+// typed errors (*smHTTPError and the errNative* sentinels) directly, the
+// SDK's error text by pattern. The SDK's text can hold response bodies, JWTs
+// and values: nothing of it survives except the status code and a
+// Retry-After number. Both clients map the same situation to the same class
+// and cause (sm_diff_test.go checks it).
 func classifySDKError(err error) *smFailure {
 	if f, ok := err.(*smFailure); ok {
+		return f
+	}
+	if f := classifyNativeError(err); f != nil {
 		return f
 	}
 	msg := err.Error()
 	if m := reStatus.FindStringSubmatch(msg); m != nil {
 		code, _ := strconv.Atoi(m[1])
-		f := &smFailure{status: code, cause: fmt.Sprintf("upstream answered %d", code)}
-		switch {
-		case code >= 200 && code < 300:
-			f.class, f.cause = classMalformed, "unexpected identity response shape"
-		case code == 401 || code == 403:
-			f.class = classCredentials
-			if strings.Contains(msg, "invalid_client") {
-				f.cause += " invalid_client"
+		oauth := ""
+		for _, c := range []string{"invalid_client", "invalid_grant", "unauthorized_client"} {
+			if strings.Contains(msg, c) {
+				oauth = c
+				break
 			}
-		case code == 400 && containsAny(msg, "invalid_client", "invalid_grant", "unauthorized_client"):
-			// IdentityServer's answer to refused client credentials (at
-			// login, or at a renewal inside another call).
-			f.class, f.cause = classCredentials, "upstream answered 400 invalid_client"
-		case code == 404:
-			f.class = classNotFound
-		case code == 429:
-			f.class = classRateLimited
+		}
+		var retryAfter time.Duration
+		if code == 429 {
 			if m := reRetryAfter.FindStringSubmatch(msg); m != nil {
 				if sec, err := strconv.ParseFloat(m[1], 64); err == nil && sec >= 0 {
-					f.retryAfter = time.Duration(sec * float64(time.Second))
-					if f.retryAfter > smMaxRetryAfter {
-						f.retryAfter = smMaxRetryAfter
+					retryAfter = time.Duration(sec * float64(time.Second))
+					if retryAfter > smMaxRetryAfter {
+						retryAfter = smMaxRetryAfter
 					}
-					if f.retryAfter == 0 {
-						f.retryAfter = time.Millisecond
+					if retryAfter == 0 {
+						retryAfter = time.Millisecond
 					}
 				}
 			}
-		case code == 408 || code >= 500:
-			f.class = classServer
-		default:
-			f.class = classClient
 		}
-		return f
+		return classifyStatus(code, oauth, retryAfter)
 	}
 	switch {
 	case strings.Contains(msg, "Access token is not in a valid format"):
@@ -990,6 +1031,66 @@ func classifySDKError(err error) *smFailure {
 		return &smFailure{class: classSDK, cause: "sdk call failed"}
 	}
 	return &smFailure{class: classSDK, cause: "unrecognized sdk error"}
+}
+
+// classifyStatus categorizes an upstream HTTP status. oauth is the OAuth
+// error code of a refused login ("" if none); retryAfter is what the
+// upstream asked for (0: not given).
+func classifyStatus(code int, oauth string, retryAfter time.Duration) *smFailure {
+	f := &smFailure{status: code, retryAfter: retryAfter, cause: fmt.Sprintf("upstream answered %d", code)}
+	switch {
+	case code >= 200 && code < 300:
+		f.class, f.cause = classMalformed, "unexpected identity response shape"
+	case code == 401 || code == 403:
+		f.class = classCredentials
+		if oauth == "invalid_client" {
+			f.cause += " invalid_client"
+		}
+	case code == 400 && (oauth == "invalid_client" || oauth == "invalid_grant" || oauth == "unauthorized_client"):
+		// IdentityServer's answer to refused client credentials (at
+		// login, or at a renewal inside another call).
+		f.class, f.cause = classCredentials, "upstream answered 400 invalid_client"
+	case code == 404:
+		f.class = classNotFound
+	case code == 429:
+		f.class = classRateLimited
+	case code == 408 || code >= 500:
+		f.class = classServer
+	default:
+		f.class = classClient
+	}
+	return f
+}
+
+// classifyNativeError categorizes the native client's typed errors; it
+// returns nil for anything else. The causes are the ones the SDK's text
+// gets for the same situation.
+func classifyNativeError(err error) *smFailure {
+	var he *smHTTPError
+	if errors.As(err, &he) {
+		return classifyStatus(he.Status, he.OAuthError, he.RetryAfter)
+	}
+	switch {
+	case errors.Is(err, errNativeMAC):
+		return &smFailure{class: classMAC, cause: "mac mismatch"}
+	case errors.Is(err, errNativeDecrypt):
+		return &smFailure{class: classMAC, cause: "decryption failed"}
+	case errors.Is(err, errNativeIdentityShape):
+		return &smFailure{class: classMalformed, cause: "unexpected identity response shape"}
+	case errors.Is(err, errNativeMalformed):
+		return &smFailure{class: classMalformed, cause: "malformed response"}
+	case errors.Is(err, errNativeLoginRefused):
+		return &smFailure{class: classCredentials, cause: "identity refused the login"}
+	case errors.Is(err, errNativeConn):
+		return &smFailure{class: classTransport, cause: "connection failed"}
+	case errors.Is(err, errNativeBadToken):
+		return &smFailure{class: classBadToken, cause: "access token format"}
+	case errors.Is(err, errNativeInput):
+		return &smFailure{class: classInput, cause: "the sdk refused the input"}
+	case errors.Is(err, errNativeNotLoggedIn):
+		return &smFailure{class: classSDK, cause: "sdk call failed"}
+	}
+	return nil
 }
 
 func containsAny(s string, subs ...string) bool {
