@@ -77,7 +77,7 @@ func (c *Client) Env(ctx context.Context, token, tenant, format string) ([]byte,
 		if errors.As(err, &op) && op.Op == "dial" {
 			return nil, nil, &UnreachableError{Socket: c.spec.Address, Err: op.Err}
 		}
-		return nil, nil, fmt.Errorf("request to the broker failed: %v", err)
+		return nil, nil, fmt.Errorf("request to the broker failed: %w", err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseSize+1))

@@ -37,6 +37,7 @@ type audit struct {
 	source  string
 	outcome string
 	status  int
+	reached bool // the request was authorized for a configured tenant
 }
 
 func (s *Server) writeAudit(r *http.Request, a *audit) {
@@ -60,6 +61,9 @@ func (s *Server) writeAudit(r *http.Request, a *audit) {
 	)
 	if m := s.opts.Metrics; m != nil {
 		m.observeRequest(a.outcome, a.source, d)
+	}
+	if s.opts.OnFetch != nil && a.reached {
+		s.opts.OnFetch(a.tenant, a.outcome, a.source, a.start.Add(d))
 	}
 }
 
@@ -94,7 +98,8 @@ func (s *Server) serveTenantEnv(w http.ResponseWriter, r *http.Request, a *audit
 	auth := r.Header.Values("Authorization")
 	var tok string
 	if len(auth) == 1 {
-		if t, ok := strings.CutPrefix(auth[0], "Bearer "); ok {
+		// The scheme is case-insensitive (RFC 9110 section 11.1).
+		if scheme, t, ok := strings.Cut(auth[0], " "); ok && strings.EqualFold(scheme, "Bearer") {
 			tok = t
 		}
 	}
@@ -126,6 +131,7 @@ func (s *Server) serveTenantEnv(w http.ResponseWriter, r *http.Request, a *audit
 		return http.StatusBadRequest, "bad_request", "unknown format; use format=dotenv, shell or json"
 	}
 	a.format = string(format)
+	a.reached = true
 	if v, missing := cfg.Missing[tenant]; missing {
 		a.outcome = "config_error"
 		s.opts.Logger.Error("tenant credential missing from the provider env file", "tenant", tenant, "variable", v)
@@ -143,6 +149,14 @@ func (s *Server) serveTenantEnv(w http.ResponseWriter, r *http.Request, a *audit
 	defer cancel()
 	res, err := cfg.Resolver.Resolve(ctx, t)
 	if err != nil {
+		if fetch.KindOf(err) == fetch.KindCanceled && r.Context().Err() == nil {
+			// The caller is still there: the fetch was canceled because the
+			// broker is shutting down. That is "retry later", not a cancel.
+			a.outcome = "shutting_down"
+			s.opts.Logger.Warn("fetch canceled by shutdown", "tenant", tenant)
+			return http.StatusServiceUnavailable, "upstream_unavailable",
+				fmt.Sprintf("tenant %q: the broker is shutting down; retry later", tenant)
+		}
 		return s.fetchError(tenant, err, a)
 	}
 	a.source = res.Source
@@ -202,7 +216,11 @@ func (s *Server) fetchError(tenant string, err error, a *audit) (int, string, st
 	case fetch.KindConfig:
 		return http.StatusInternalServerError, "config_error",
 			withTenant(tenant, public, "the broker cannot serve this tenant as configured; tell the operator")
-	default: // upstream, credentials, data
+	case fetch.KindCredentials, fetch.KindData:
+		// Not an outage: retrying will not help until someone acts.
+		return http.StatusBadGateway, "upstream_rejected",
+			withTenant(tenant, public, "the upstream refused this tenant's credentials or data; tell the operator")
+	default: // upstream
 		return http.StatusBadGateway, "upstream_error",
 			withTenant(tenant, public, "the upstream answer could not be used; tell the operator")
 	}

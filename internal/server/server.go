@@ -55,6 +55,10 @@ type Options struct {
 	Metrics        *Metrics     // nil: no metrics
 	RequestTimeout time.Duration
 	Now            func() time.Time
+	// OnFetch, when set, is told the outcome of every request that reached
+	// a configured tenant (not the unauthorized, denied or malformed ones),
+	// for `broker status`. It must not block.
+	OnFetch func(tenant, outcome, source string, at time.Time)
 }
 
 // Server serves the local API. It is safe for concurrent use; SetConfig swaps

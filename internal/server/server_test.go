@@ -226,17 +226,17 @@ func TestUnauthorized(t *testing.T) {
 	tampered := []byte(good)
 	tampered[len(tampered)-1] ^= 1
 	cases := map[string]http.Header{
-		"missing":           {},
-		"empty bearer":      bearer(""),
-		"malformed":         bearer("not-a-token"),
-		"wrong scheme":      {"Authorization": {"Basic " + good}},
-		"lowercase scheme":  {"Authorization": {"bearer " + good}},
-		"tampered":          bearer(string(tampered)),
-		"truncated":         bearer(good[:len(good)-1]),
-		"padded":            bearer(good + "A"),
-		"expired":           bearer(tb.tokens["expired"]),
-		"two headers":       {"Authorization": {"Bearer " + good, "Bearer " + good}},
-		"token in X-Header": {"X-Broker-Token": {good}},
+		"missing":              {},
+		"empty bearer":         bearer(""),
+		"malformed":            bearer("not-a-token"),
+		"wrong scheme":         {"Authorization": {"Basic " + good}},
+		"bearer without space": {"Authorization": {"Bearer" + good}},
+		"tampered":             bearer(string(tampered)),
+		"truncated":            bearer(good[:len(good)-1]),
+		"padded":               bearer(good + "A"),
+		"expired":              bearer(tb.tokens["expired"]),
+		"two headers":          {"Authorization": {"Bearer " + good, "Bearer " + good}},
+		"token in X-Header":    {"X-Broker-Token": {good}},
 	}
 	var first []byte
 	for name, hdr := range cases {
@@ -390,8 +390,8 @@ func TestUpstreamErrorsMapped(t *testing.T) {
 		{fetch.KindUnavailable, 503, "upstream_unavailable"},
 		{fetch.KindTimeout, 504, "timeout"},
 		{fetch.KindUpstream, 502, "upstream_error"},
-		{fetch.KindCredentials, 502, "upstream_error"},
-		{fetch.KindData, 502, "upstream_error"},
+		{fetch.KindCredentials, 502, "upstream_rejected"},
+		{fetch.KindData, 502, "upstream_rejected"},
 		{fetch.KindConfig, 500, "config_error"},
 	} {
 		t.Run(tt.kind.String(), func(t *testing.T) {
@@ -531,6 +531,16 @@ func TestParseListen(t *testing.T) {
 		got, err := ParseListen(tt.in)
 		if (err == nil) != tt.ok || (tt.ok && got.Network != tt.network) {
 			t.Errorf("ParseListen(%q) = %v, %v; want ok=%v network %q", tt.in, got, err, tt.ok, tt.network)
+		}
+	}
+}
+
+func TestBearerSchemeCaseInsensitive(t *testing.T) {
+	tb := newTestBroker(t)
+	for _, scheme := range []string{"Bearer", "bearer", "BEARER"} {
+		h := http.Header{"Authorization": {scheme + " " + tb.tokens["acme"]}}
+		if status, body, _ := tb.raw(t, "GET", "/v1/tenants/acme/env", h); status != 200 {
+			t.Errorf("scheme %q: %d %q, want 200", scheme, status, body)
 		}
 	}
 }
