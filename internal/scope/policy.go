@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/hostd/broker/internal/envkey"
 	"io"
 	"net/netip"
 	"net/url"
@@ -197,21 +198,7 @@ const tenantNameRule = "tenant name must match ^[a-z0-9][a-z0-9_-]{0,62}$"
 
 // validEnvName reports whether s is ^[A-Za-z_][A-Za-z0-9_]*$ and at most
 // MaxEnvNameLen bytes.
-func validEnvName(s string) bool {
-	if s == "" || len(s) > MaxEnvNameLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '_', 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z':
-		case '0' <= c && c <= '9' && i > 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
+func validEnvName(s string) bool { return len(s) <= MaxEnvNameLen && envkey.Valid(s) }
 
 // normUUID returns s lowercased if it is a UUID in the 8-4-4-4-12 hex form.
 func normUUID(s string) (string, bool) {

@@ -428,3 +428,19 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 	})
 }
+
+// TestRepoPolicyExample loads the policy.example.json at the repository
+// root, the file operators copy: it must stay valid.
+func TestRepoPolicyExample(t *testing.T) {
+	data, err := os.ReadFile("../../policy.example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := parse(data)
+	if err != nil {
+		t.Fatalf("policy.example.json: %v", err)
+	}
+	if got := p.TenantNames(); !reflect.DeepEqual(got, []string{"acme", "globex"}) {
+		t.Fatalf("tenants %v, want acme and globex", got)
+	}
+}
