@@ -73,7 +73,7 @@ func runDev(ctx context.Context, c *cli, args []string) error {
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	served := make(chan error, 1)
-	go func() { served <- b.serve(sctx, spec) }()
+	go func() { served <- b.serve(sctx, spec, 0o600) }()
 	if err := waitForSocket(ctx, sock, served); err != nil {
 		return err
 	}

@@ -96,7 +96,7 @@ func (c *cli) getEnv(ctx context.Context, f *callerFlags, format string) ([]byte
 	defer cl.CloseIdle()
 	body, hdr, err := cl.Env(ctx, tok, f.tenant, format)
 	if err != nil {
-		return nil, classifyClientError(err)
+		return nil, classifyClientError(err, f)
 	}
 	if hdr.Get(server.HeaderSource) == "stale" {
 		c.warnf("tenant %q: the upstream failed; this env is a stale copy %ss old", f.tenant, hdr.Get(server.HeaderStale))
@@ -112,7 +112,7 @@ func socketSpec(s string) string {
 	return "unix:" + s
 }
 
-func classifyClientError(err error) error {
+func classifyClientError(err error, f *callerFlags) error {
 	var ae *server.APIError
 	var ue *server.UnreachableError
 	switch {
@@ -122,13 +122,19 @@ func classifyClientError(err error) error {
 		case 401, 403:
 			return withCode(exitDenied, e, "")
 		case 502, 503, 504:
+			if ae.Code == "upstream_rejected" {
+				// Revoked credentials or invalid data upstream: retrying
+				// will not help until the operator acts.
+				return withCode(exitFailure, e, "")
+			}
 			return withCode(exitUnavailable, e, "")
 		}
 		return withCode(exitFailure, e, "")
 	case errors.As(err, &ue):
 		return withCode(exitUnavailable, err, "is 'broker serve' running? check --socket or BROKER_SOCKET")
 	case errors.Is(err, context.DeadlineExceeded):
-		return withCode(exitUnavailable, fmt.Errorf("the broker did not answer in time"), "retry later or raise --timeout")
+		return withCode(exitUnavailable, fmt.Errorf("tenant %q: the broker did not answer within %v", f.tenant, f.timeout),
+			"retry later or raise --timeout")
 	}
 	return err
 }

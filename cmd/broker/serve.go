@@ -14,6 +14,7 @@ import (
 
 	"github.com/hostd/broker/internal/fallback/bwcli"
 	"github.com/hostd/broker/internal/fetch"
+	"github.com/hostd/broker/internal/lastfetch"
 	"github.com/hostd/broker/internal/scope"
 	"github.com/hostd/broker/internal/server"
 	"github.com/hostd/broker/internal/state"
@@ -30,7 +31,8 @@ func runServe(ctx context.Context, c *cli, args []string) error {
 	c.addFileFlags(fs, &ff)
 	listen := defaultListen(c)
 	fs.StringVar(&listen, "listen", listen, "where to listen: unix:`PATH` (default from BROKER_SOCKET) or tcp:HOST:PORT on loopback")
-	var logFormat string
+	var logFormat, socketMode string
+	fs.StringVar(&socketMode, "socket-mode", "0600", "unix socket `MODE`: 0600 (the broker's user and root) or 0660 (also its group, e.g. the daemon's)")
 	fs.StringVar(&logFormat, "log-format", "json", "log and audit line `FORMAT`: json or text")
 	if err := parse(fs, args, false); err != nil {
 		return err
@@ -42,6 +44,15 @@ func runServe(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return usageErr("--listen: %v", err)
 	}
+	var mode os.FileMode
+	switch socketMode {
+	case "0600", "600":
+		mode = 0o600
+	case "0660", "660":
+		mode = 0o660
+	default:
+		return usageErr("--socket-mode %q: want 0600 or 0660 (callers still need a token; others never get access)", socketMode)
+	}
 	logger, err := newLogger(c.stderr, logFormat)
 	if err != nil {
 		return err
@@ -51,7 +62,7 @@ func runServe(ctx context.Context, c *cli, args []string) error {
 		return err
 	}
 	defer b.close()
-	return b.serve(ctx, spec)
+	return b.serve(ctx, spec, mode)
 }
 
 func defaultListen(c *cli) string {
@@ -82,6 +93,7 @@ type broker struct {
 	metrics *server.Metrics
 	srv     *server.Server
 	cache   scope.Cache
+	last    *lastfetch.Recorder
 }
 
 // openBroker loads and checks everything serve needs, refusing to start on
@@ -112,6 +124,7 @@ func openBroker(ctx context.Context, logger *slog.Logger, ff fileFlags) (*broker
 			IdentityURL: pol.Upstream.SM.IdentityURL,
 			StateDir:    filepath.Join(ff.stateDir, "sm"),
 			Logger:      logger,
+			Client:      pol.Upstream.SM.Client,
 		})
 		if err != nil {
 			b.close()
@@ -139,7 +152,8 @@ func openBroker(ctx context.Context, logger *slog.Logger, ff fileFlags) (*broker
 		MaxTenants:   pol.Cache.MaxTenants,
 	}, backends)
 	cfg := b.buildConfig(pol, envVars, tokens, resolver)
-	b.srv = server.New(server.Options{Logger: logger, Audit: logger, Metrics: b.metrics}, cfg)
+	b.last = lastfetch.NewRecorder(ff.stateDir, logger)
+	b.srv = server.New(server.Options{Logger: logger, Audit: logger, Metrics: b.metrics, OnFetch: b.last.Record}, cfg)
 	b.registerMetrics(resolver)
 	return b, nil
 }
@@ -215,8 +229,8 @@ func (b *broker) reload(reason string) {
 	b.log.Info("configuration reloaded", "reason", reason, "tenants", len(pol.Tenants), "tokens", len(tokens.Tokens))
 }
 
-func (b *broker) serve(ctx context.Context, spec server.ListenSpec) error {
-	ln, cleanup, err := server.Listen(spec, 0o600)
+func (b *broker) serve(ctx context.Context, spec server.ListenSpec, mode os.FileMode) error {
+	ln, cleanup, err := server.Listen(spec, mode)
 	if err != nil {
 		return err
 	}
@@ -249,5 +263,10 @@ func (b *broker) close() {
 	}
 	if b.sm != nil {
 		b.sm.Close()
+	}
+	if b.last != nil {
+		if err := b.last.Close(); err != nil {
+			b.log.Error("writing the last-fetch record", "err", err)
+		}
 	}
 }
