@@ -1,6 +1,7 @@
 package state
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -8,7 +9,8 @@ import (
 )
 
 // atomicHook, when not nil, runs before each step of WriteFileAtomic
-// ("write", "sync", "rename"); an error from it fails that step. It exists
+// ("write", "sync", "link" (unnamed files only), "rename"); an error from
+// it fails that step. It exists
 // for fault-injection tests and is nil in production.
 var atomicHook func(step string) error
 
@@ -36,7 +38,11 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	// leaves nothing behind. Elsewhere, or where the filesystem lacks
 	// O_TMPFILE, a named temporary file is used.
 	if f, err := openUnnamed(dir, perm); err == nil {
-		return writeVia(path, dir, base, f, "", data, perm)
+		err := writeVia(path, dir, base, f, "", data, perm)
+		if !errors.Is(err, errLink) {
+			return err
+		}
+		// Naming the unnamed file failed (no /proc, say): fall back.
 	}
 	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
@@ -75,9 +81,12 @@ func writeVia(path, dir, base string, f *os.File, tmp string, data []byte, perm 
 		return err
 	}
 	if tmp == "" {
-		name, err := linkUnnamed(f, dir, "."+base+".tmp-")
+		name, err := "", hook("link")
+		if err == nil {
+			name, err = linkUnnamed(f, dir, "."+base+".tmp-")
+		}
 		if err != nil {
-			return fmt.Errorf("write %s: link temporary file: %w", path, unwrapPath(err))
+			return fmt.Errorf("write %s: %w: %v", path, errLink, unwrapPath(err))
 		}
 		tmp = name
 	}
@@ -92,6 +101,10 @@ func writeVia(path, dir, base string, f *os.File, tmp string, data []byte, perm 
 	}
 	return nil
 }
+
+// errLink marks a failure to name an unnamed temporary file, after which
+// WriteFileAtomic falls back to a named one.
+var errLink = errors.New("link temporary file")
 
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

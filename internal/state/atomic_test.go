@@ -2,6 +2,8 @@ package state
 
 import (
 	"errors"
+	"fmt"
+	"runtime"
 	"os"
 	"path/filepath"
 	"testing"
@@ -78,5 +80,35 @@ func TestWriteFileAtomicFaults(t *testing.T) {
 				t.Errorf("after a fault at %s the dir holds %v, want only out.env", step, names)
 			}
 		})
+	}
+}
+
+// TestWriteFileAtomicLinkFallback: when an unnamed temporary file cannot be
+// given a name (no /proc, say), the write falls back to a named temporary
+// file and still succeeds, leaving nothing behind.
+func TestWriteFileAtomicLinkFallback(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "app.env")
+	steps := []string{}
+	atomicHook = func(step string) error {
+		steps = append(steps, step)
+		if step == "link" {
+			return errors.New("injected link failure")
+		}
+		return nil
+	}
+	defer func() { atomicHook = nil }()
+	if err := WriteFileAtomic(path, []byte("A=1\n"), 0o600); err != nil {
+		t.Fatalf("WriteFileAtomic: %v", err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil || string(got) != "A=1\n" {
+		t.Fatalf("content %q err %v", got, err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Fatalf("left %d entries in the directory, want 1", len(entries))
+	}
+	if runtime.GOOS == "linux" && fmt.Sprint(steps) != "[write sync link write sync rename]" {
+		t.Fatalf("steps %v: want the unnamed attempt, then the named fallback", steps)
 	}
 }
