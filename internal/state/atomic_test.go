@@ -3,9 +3,9 @@ package state
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 )
 
