@@ -191,13 +191,16 @@ func (b *broker) registerMetrics(r *fetch.Resolver) {
 
 // reload re-reads the policy, the provider env file and the token store. A
 // policy that does not load, or that changes what needs a restart, is refused
-// and the running configuration kept.
+// and the running policy kept. A token store that does not load fails
+// closed: keeping the old tokens could keep a just-revoked one alive, so
+// every caller gets 401 until the store loads again (the watcher retries on
+// every change, chmod included).
 func (b *broker) reload(reason string) {
 	old := b.srv.Config()
 	tokens, err := state.OpenTokenFile(b.files.stateDir).Load()
 	if err != nil {
-		b.log.Error("reload refused: token store does not load; keeping the old one", "reason", reason, "err", err)
-		tokens = old.Tokens
+		b.log.Error("token store does not load: refusing every caller token until it does", "reason", reason, "err", err)
+		tokens = scope.NewTokenStore()
 	}
 	pol, err := state.LoadPolicy(b.files.policy)
 	if err == nil && pol.Upstream != old.Policy.Upstream {

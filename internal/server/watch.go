@@ -8,10 +8,11 @@ import (
 
 // stamp is what a poll compares to tell that a file changed.
 type stamp struct {
-	mod  time.Time
-	size int64
-	ino  uint64
-	ok   bool
+	mod   time.Time
+	size  int64
+	mode  os.FileMode
+	extra fileIDs // inode, device, owner
+	ok    bool
 }
 
 func stampOf(path string) stamp {
@@ -19,11 +20,12 @@ func stampOf(path string) stamp {
 	if err != nil {
 		return stamp{}
 	}
-	return stamp{mod: fi.ModTime(), size: fi.Size(), ino: inode(fi), ok: true}
+	return stamp{mod: fi.ModTime(), size: fi.Size(), mode: fi.Mode(), extra: idsOf(fi), ok: true}
 }
 
 // Watch polls paths every interval and calls onChange (from Watch's
-// goroutine) when any of them changed, and whenever a value arrives on poke
+// goroutine) when any of them changed (content, replacement, mode, owner:
+// a chmod that makes a refused file loadable counts), and whenever a value arrives on poke
 // (SIGHUP). It returns when ctx is done. Polling (four stats a second at the
 // default) keeps the broker free of an fsnotify dependency and works the same
 // on Linux and FreeBSD, including for files replaced by rename.
