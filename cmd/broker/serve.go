@@ -94,6 +94,7 @@ type broker struct {
 	srv     *server.Server
 	cache   scope.Cache
 	last    *lastfetch.Recorder
+	unlock  func() // releases the state dir's serve lock
 }
 
 // openBroker loads and checks everything serve needs, refusing to start on
@@ -103,6 +104,22 @@ func openBroker(ctx context.Context, logger *slog.Logger, ff fileFlags) (*broker
 	if err := state.EnsureStateDir(ff.stateDir); err != nil {
 		return nil, err
 	}
+	// One serve per state dir: two would drive the same bw data dirs (which
+	// bw corrupts under concurrency) and SDK state files.
+	unlock, err := state.LockExclusive(ff.stateDir, "serve.lock", false)
+	if errors.Is(err, state.ErrLocked) {
+		return nil, withCode(exitFailure, fmt.Errorf("state dir %s is in use by another broker serve", ff.stateDir),
+			"run one broker per state dir; stop the other one or give this one its own --state-dir")
+	}
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unlock()
+		}
+	}()
 	pol, err := state.LoadPolicy(ff.policy)
 	if err != nil {
 		return nil, err
@@ -115,7 +132,8 @@ func openBroker(ctx context.Context, logger *slog.Logger, ff fileFlags) (*broker
 	if err != nil {
 		return nil, err
 	}
-	b := &broker{log: logger, files: ff, metrics: server.NewMetrics(), cache: pol.Cache}
+	b := &broker{log: logger, files: ff, metrics: server.NewMetrics(), cache: pol.Cache, unlock: unlock}
+	ok = true // from here on b.close releases the lock
 	b.base, b.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	backends := map[string]fetch.Backend{}
 	if pol.Upstream.SM.APIURL != "" {
@@ -271,5 +289,8 @@ func (b *broker) close() {
 		if err := b.last.Close(); err != nil {
 			b.log.Error("writing the last-fetch record", "err", err)
 		}
+	}
+	if b.unlock != nil {
+		b.unlock()
 	}
 }
