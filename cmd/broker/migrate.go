@@ -123,7 +123,9 @@ func runMigrate(ctx context.Context, c *cli, args []string) error {
 		return withCode(exitFailure, fmt.Errorf("the tenant's access token %s is not in the provider env file", tokenEnv),
 			"create a machine account for the tenant with read access to the project, add its access token to the env file as "+tokenEnv+" (or name another with --access-token-env)")
 	}
-	if writePolicy && readTok == migTok {
+	// Parity is checked with the tenant's own read token; checked with the
+	// migration token it would prove nothing about the tenant's scope.
+	if !dryRun && readTok == migTok {
 		return withCode(exitFailure, fmt.Errorf("%s holds the migration token", tokenEnv),
 			"give the tenant its own machine account with read access to its project only; the migration token must not stay on the host")
 	}
@@ -141,6 +143,7 @@ func runMigrate(ctx context.Context, c *cli, args []string) error {
 	}
 	defer unlock()
 	logger := slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	hardenProcess(logger) // it holds the master password and the migration token
 	src, closeSrc, err := openFallback(pol, ff.stateDir, logger)
 	if err != nil {
 		return err

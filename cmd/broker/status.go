@@ -177,6 +177,7 @@ func checkTenants(ctx context.Context, c *cli, pol *scope.Policy, stateDir strin
 	}
 	defer unlock()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hardenProcess(slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	backends := map[string]interface {
 		Check(context.Context, fetch.Tenant) error
 		Fetch(context.Context, fetch.Tenant) (fetch.Env, error)

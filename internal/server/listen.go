@@ -79,6 +79,9 @@ func Listen(spec ListenSpec, mode fs.FileMode) (net.Listener, func(), error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, nil, fmt.Errorf("failed to create socket directory %s: %v", dir, err)
 	}
+	if err := checkSocketDir(dir); err != nil {
+		return nil, nil, err
+	}
 	if err := removeStale(path); err != nil {
 		return nil, nil, err
 	}
@@ -109,6 +112,24 @@ func Listen(spec ListenSpec, mode fs.FileMode) (net.Listener, func(), error) {
 		}
 	}
 	return ln, cleanup, nil
+}
+
+// checkSocketDir refuses a socket directory that others may write to
+// without the sticky bit: they could replace the broker's socket with
+// their own and collect the caller tokens sent to it.
+func checkSocketDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("failed to inspect socket directory %s: %v", dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("socket directory %s is not a directory", dir)
+	}
+	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		return fmt.Errorf("socket directory %s is writable by group or others (mode %04o): they could replace the socket; run: chmod go-w %s (or use a dir such as /run/broker)",
+			dir, fi.Mode().Perm(), dir)
+	}
+	return nil
 }
 
 func removeStale(path string) error {

@@ -512,6 +512,30 @@ func TestListenSocket(t *testing.T) {
 	}
 }
 
+func TestListenRefusesWritableDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "run")
+	if err := os.Mkdir(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	spec := ListenSpec{Network: "unix", Address: filepath.Join(dir, "b.sock")}
+	if _, _, err := Listen(spec, 0o600); err == nil || !strings.Contains(err.Error(), "chmod go-w") {
+		t.Fatalf("Listen in a 0777 dir: %v, want a refusal naming the chmod", err)
+	}
+	// The sticky bit (as on /tmp) prevents replacing another user's socket.
+	if err := os.Chmod(dir, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	ln, cleanup, err := Listen(spec, 0o600)
+	if err != nil {
+		t.Fatalf("Listen in a sticky dir: %v", err)
+	}
+	ln.Close()
+	cleanup()
+}
+
 func TestParseListen(t *testing.T) {
 	for _, tt := range []struct {
 		in      string
