@@ -122,9 +122,9 @@ func classifyClientError(err error, f *callerFlags) error {
 		case 401, 403:
 			return withCode(exitDenied, e, "")
 		case 502, 503, 504:
-			if ae.Code == "upstream_rejected" {
-				// Revoked credentials or invalid data upstream: retrying
-				// will not help until the operator acts.
+			if server.PermanentCodes[ae.Code] {
+				// Revoked credentials, invalid data or a misconfigured
+				// tenant: retrying will not help until the operator acts.
 				return withCode(exitFailure, e, "")
 			}
 			return withCode(exitUnavailable, e, "")

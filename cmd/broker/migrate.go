@@ -60,6 +60,8 @@ func runMigrate(ctx context.Context, c *cli, args []string) error {
 		return usageErr("--tenant %q: tenant names match ^[a-z0-9][a-z0-9_-]{0,62}$", tenant)
 	case project == "":
 		return usageErr("--project is required (the Secrets Manager project id)")
+	case !scope.ValidUUID(project):
+		return usageErr("--project %q: want the project's UUID as Secrets Manager shows it", project)
 	case dryRun && writePolicy:
 		return usageErr("--dry-run and --write-policy exclude each other")
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -95,6 +96,9 @@ type broker struct {
 	cache   scope.Cache
 	last    *lastfetch.Recorder
 	unlock  func() // releases the state dir's serve lock
+
+	cfgMu    sync.Mutex      // serializes configuration swaps (reload, token refresh)
+	tokStamp state.FileStamp // the token store's stamp when last loaded
 }
 
 // openBroker loads and checks everything serve needs, refusing to start on
@@ -128,11 +132,13 @@ func openBroker(ctx context.Context, logger *slog.Logger, ff fileFlags) (*broker
 	if err != nil {
 		return nil, err
 	}
-	tokens, err := state.OpenTokenFile(ff.stateDir).Load()
+	tf := state.OpenTokenFile(ff.stateDir)
+	stamp, _ := tf.Stamp()
+	tokens, err := tf.Load()
 	if err != nil {
 		return nil, err
 	}
-	b := &broker{log: logger, files: ff, metrics: server.NewMetrics(), cache: pol.Cache, unlock: unlock}
+	b := &broker{log: logger, files: ff, metrics: server.NewMetrics(), cache: pol.Cache, unlock: unlock, tokStamp: stamp}
 	ok = true // from here on b.close releases the lock
 	b.base, b.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	backends := map[string]fetch.Backend{}
@@ -171,7 +177,7 @@ func openBroker(ctx context.Context, logger *slog.Logger, ff fileFlags) (*broker
 	}, backends)
 	cfg := b.buildConfig(pol, envVars, tokens, resolver)
 	b.last = lastfetch.NewRecorder(ff.stateDir, logger)
-	b.srv = server.New(server.Options{Logger: logger, Audit: logger, Metrics: b.metrics, OnFetch: b.last.Record}, cfg)
+	b.srv = server.New(server.Options{Logger: logger, Audit: logger, Metrics: b.metrics, OnFetch: b.last.Record, RefreshTokens: b.refreshTokens}, cfg)
 	b.registerMetrics(resolver)
 	return b, nil
 }
@@ -214,8 +220,12 @@ func (b *broker) registerMetrics(r *fetch.Resolver) {
 // every caller gets 401 until the store loads again (the watcher retries on
 // every change, chmod included).
 func (b *broker) reload(reason string) {
+	b.cfgMu.Lock()
+	defer b.cfgMu.Unlock()
 	old := b.srv.Config()
-	tokens, err := state.OpenTokenFile(b.files.stateDir).Load()
+	tf := state.OpenTokenFile(b.files.stateDir)
+	b.tokStamp, _ = tf.Stamp()
+	tokens, err := tf.Load()
 	if err != nil {
 		b.log.Error("token store does not load: refusing every caller token until it does", "reason", reason, "err", err)
 		tokens = scope.NewTokenStore()
@@ -248,6 +258,29 @@ func (b *broker) reload(reason string) {
 	}
 	b.srv.SetConfig(b.buildConfig(pol, envVars, tokens, resolver))
 	b.log.Info("configuration reloaded", "reason", reason, "tenants", len(pol.Tenants), "tokens", len(tokens.Tokens))
+}
+
+// refreshTokens reloads the token store if it changed since it was last
+// loaded, so that a token minted a moment ago works at once rather than
+// after the next poll. It returns the new store, or nil if nothing changed
+// or the store does not load (the watcher then fails closed).
+func (b *broker) refreshTokens() *scope.TokenStore {
+	b.cfgMu.Lock()
+	defer b.cfgMu.Unlock()
+	tf := state.OpenTokenFile(b.files.stateDir)
+	st, err := tf.Stamp()
+	if err != nil || st == b.tokStamp {
+		return nil
+	}
+	tokens, err := tf.Load()
+	if err != nil {
+		return nil
+	}
+	b.tokStamp = st
+	cfg := *b.srv.Config()
+	cfg.Tokens = tokens
+	b.srv.SetConfig(&cfg)
+	return tokens
 }
 
 func (b *broker) serve(ctx context.Context, spec server.ListenSpec, mode os.FileMode) error {

@@ -144,13 +144,21 @@ func runTokenRevoke(c *cli, args []string) error {
 	if err := parse(fs, args, true); err != nil {
 		return err
 	}
+	// Accept flags after the id too (token revoke ID --state-dir DIR).
+	rest := fs.Args()
+	if len(rest) > 1 {
+		if err := parse(fs, rest[1:], false); err != nil {
+			return err
+		}
+		rest = rest[:1]
+	}
+	if len(rest) != 1 {
+		return usageErr("token revoke takes exactly one token id (see 'broker token list')")
+	}
 	if dir == "" {
 		return usageErr("--state-dir is required (or set BROKER_STATE_DIR)")
 	}
-	if fs.NArg() != 1 {
-		return usageErr("token revoke takes exactly one token id (see 'broker token list')")
-	}
-	id := fs.Arg(0)
+	id := rest[0]
 	if scope.LooksLikeToken(id) {
 		return withCode(exitUsage, fmt.Errorf("that is a caller token, not a token id"),
 			"pass the id from 'broker token list'; and since the token was pasted, treat it as exposed")

@@ -201,6 +201,10 @@ const tenantNameRule = "tenant name must match ^[a-z0-9][a-z0-9_-]{0,62}$"
 func validEnvName(s string) bool { return len(s) <= MaxEnvNameLen && envkey.Valid(s) }
 
 // normUUID returns s lowercased if it is a UUID in the 8-4-4-4-12 hex form.
+// ValidUUID reports whether s is a UUID in the 8-4-4-4-12 hex form the
+// policy accepts (any case).
+func ValidUUID(s string) bool { _, ok := normUUID(s); return ok }
+
 func normUUID(s string) (string, bool) {
 	if len(s) != 36 {
 		return "", false
@@ -264,7 +268,7 @@ func ParsePolicy(r io.Reader) (*Policy, error) {
 				return err
 			})
 		default:
-			err = jpath("").errf("unknown field %s", quoteName(k))
+			err = jpath("").key(k).errf("unknown field")
 		}
 		return err
 	})
@@ -297,7 +301,7 @@ func readUpstream(rd *reader, p jpath, u *Upstream) error {
 				case "client":
 					u.SM.Client, err = rd.str(fp)
 				default:
-					err = kp.errf("unknown field %s", quoteName(k))
+					err = fp.errf("unknown field")
 				}
 				return err
 			})
@@ -312,12 +316,12 @@ func readUpstream(rd *reader, p jpath, u *Upstream) error {
 				case "mode":
 					u.BW.Mode, err = rd.str(fp)
 				default:
-					err = kp.errf("unknown field %s", quoteName(k))
+					err = fp.errf("unknown field")
 				}
 				return err
 			})
 		}
-		return p.errf("unknown field %s", quoteName(k))
+		return kp.errf("unknown field")
 	})
 }
 
@@ -332,7 +336,7 @@ func readCache(rd *reader, p jpath, c *Cache) error {
 		case "stale_if_error":
 			c.StaleIfError, err = rd.duration(kp)
 		default:
-			err = p.errf("unknown field %s", quoteName(k))
+			err = kp.errf("unknown field")
 		}
 		return err
 	})
@@ -358,7 +362,7 @@ func readTenant(rd *reader, p jpath) (Tenant, map[string]bool, error) {
 		case "credentials_env_prefix":
 			t.CredentialsEnvPrefix, err = rd.str(kp)
 		default:
-			err = p.errf("unknown field %s", quoteName(k))
+			err = kp.errf("unknown field")
 		}
 		return err
 	})

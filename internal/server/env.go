@@ -21,6 +21,10 @@ const (
 	HeaderStale  = "X-Broker-Stale"  // present on stale answers: the age in seconds
 )
 
+// Codes of 502 answers that retrying cannot fix (broker fetch exits 1 for
+// them, 4 for other 502s): the operator must act.
+var PermanentCodes = map[string]bool{"upstream_rejected": true, "config_error": true, "unrenderable": true}
+
 // Public error texts. They never carry a value, a credential or an upstream body.
 const (
 	msgUnauthorized = "missing or invalid caller token; send Authorization: Bearer brk_… with a token from 'broker token mint'"
@@ -100,10 +104,16 @@ func (s *Server) serveTenantEnv(w http.ResponseWriter, r *http.Request, a *audit
 	if len(auth) == 1 {
 		// The scheme is case-insensitive (RFC 9110 section 11.1).
 		if scheme, t, ok := strings.Cut(auth[0], " "); ok && strings.EqualFold(scheme, "Bearer") {
-			tok = t
+			tok = strings.TrimLeft(t, " ") // RFC 9110 allows 1*SP
 		}
 	}
 	rec, err := cfg.Tokens.Verify(tok, s.opts.Now())
+	if err != nil && s.opts.RefreshTokens != nil {
+		if fresh := s.opts.RefreshTokens(); fresh != nil {
+			rec, err = fresh.Verify(tok, s.opts.Now())
+			cfg = s.cfg.Load()
+		}
+	}
 	if err != nil {
 		a.outcome = "unauthorized"
 		w.Header().Set("WWW-Authenticate", `Bearer realm="broker"`)
@@ -135,7 +145,7 @@ func (s *Server) serveTenantEnv(w http.ResponseWriter, r *http.Request, a *audit
 	if v, missing := cfg.Missing[tenant]; missing {
 		a.outcome = "config_error"
 		s.opts.Logger.Error("tenant credential missing from the provider env file", "tenant", tenant, "variable", v)
-		return http.StatusInternalServerError, "config_error",
+		return http.StatusBadGateway, "config_error",
 			fmt.Sprintf("tenant %q is misconfigured on the broker host (credential %s is not in the provider env file); tell the operator", tenant, v)
 	}
 	t, ok := cfg.Tenants[tenant]
@@ -176,7 +186,7 @@ func (s *Server) serveTenantEnv(w http.ResponseWriter, r *http.Request, a *audit
 	if err != nil {
 		a.outcome = "render_error"
 		s.opts.Logger.Error("render failed", "tenant", tenant, "format", format, "err", err)
-		return http.StatusBadGateway, "upstream_error",
+		return http.StatusBadGateway, "unrenderable",
 			fmt.Sprintf("tenant %q has a value that format %s cannot carry; use format=json or fix the value upstream", tenant, format)
 	}
 	h := w.Header()
@@ -214,7 +224,7 @@ func (s *Server) fetchError(tenant string, err error, a *audit) (int, string, st
 	case fetch.KindCanceled:
 		return 499, "canceled", "request canceled"
 	case fetch.KindConfig:
-		return http.StatusInternalServerError, "config_error",
+		return http.StatusBadGateway, "config_error",
 			withTenant(tenant, public, "the broker cannot serve this tenant as configured; tell the operator")
 	case fetch.KindCredentials, fetch.KindData:
 		// Not an outage: retrying will not help until someone acts.

@@ -59,6 +59,11 @@ type Options struct {
 	// a configured tenant (not the unauthorized, denied or malformed ones),
 	// for `broker status`. It must not block.
 	OnFetch func(tenant, outcome, source string, at time.Time)
+	// RefreshTokens, when set, is asked after a token fails to verify: if
+	// the token store changed since it was last loaded it returns the new
+	// store (already installed with SetConfig), else nil. It closes the gap
+	// between 'broker token mint' and the next reload poll.
+	RefreshTokens func() *scope.TokenStore
 }
 
 // Server serves the local API. It is safe for concurrent use; SetConfig swaps
@@ -117,6 +122,9 @@ type ctxKey struct{}
 type connInfo struct {
 	cred peercred.Cred
 	ok   bool
+	// network is reachable by a browser: a TCP connection, where DNS
+	// rebinding makes the Host check matter.
+	network bool
 }
 
 // ConnContext records the peer's credentials once per connection.
@@ -124,6 +132,9 @@ func (s *Server) ConnContext(ctx context.Context, c net.Conn) context.Context {
 	info := &connInfo{}
 	if cred, err := peercred.Get(c); err == nil {
 		info.cred, info.ok = cred, true
+	}
+	if _, unix := c.(*net.UnixConn); !unix {
+		info.network = true
 	}
 	return context.WithValue(ctx, ctxKey{}, info)
 }
@@ -135,16 +146,26 @@ func peerOf(r *http.Request) *connInfo {
 	return &connInfo{}
 }
 
-// ServeHTTP implements http.Handler: the host and origin checks, then the
-// route table.
+// ServeHTTP implements http.Handler: the origin and host checks, then the
+// route table. A request carrying Origin comes from a browser page and is
+// refused everywhere. On a TCP listener, which a browser can reach, Referer
+// and Sec-Fetch-Site are refused too, and the Host must be a loopback name
+// (DNS rebinding); on a Unix socket, which no browser can reach, any Host is
+// accepted (clients send localhost, unix, or a placeholder of their own).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Header.Get("Origin") != "" || r.Header.Get("Referer") != "" || r.Header.Get("Sec-Fetch-Site") != "" {
-		writeError(w, http.StatusForbidden, "forbidden", "browser requests are refused; call the broker from a local program")
+	if r.Header.Get("Origin") != "" {
+		writeError(w, http.StatusForbidden, "bad_origin", "browser requests are refused; call the broker from a local program")
 		return
 	}
-	if !validHost(r.Host) {
-		writeError(w, http.StatusForbidden, "forbidden", "unexpected Host header; local callers send Host: localhost")
-		return
+	if peerOf(r).network {
+		if r.Header.Get("Referer") != "" || r.Header.Get("Sec-Fetch-Site") != "" {
+			writeError(w, http.StatusForbidden, "bad_origin", "browser requests are refused; call the broker from a local program")
+			return
+		}
+		if !validHost(r.Host) {
+			writeError(w, http.StatusForbidden, "bad_host", "unexpected Host header; local callers send Host: localhost")
+			return
+		}
 	}
 	s.mux.ServeHTTP(w, r)
 }
@@ -157,14 +178,14 @@ const ClientHost = "localhost"
 // loopback address with a port (the tcp: listener). Anything else could be a
 // browser tricked by DNS rebinding.
 func validHost(h string) bool {
-	if h == ClientHost {
+	if strings.EqualFold(h, ClientHost) {
 		return true
 	}
 	host, _, err := net.SplitHostPort(h)
 	if err != nil {
 		host = h
 	}
-	return isLoopback(strings.Trim(host, "[]"))
+	return isLoopback(strings.ToLower(strings.Trim(host, "[]")))
 }
 
 // HTTPServer returns an *http.Server for s with the broker's timeouts.

@@ -338,27 +338,73 @@ func TestKeyGlobNarrows(t *testing.T) {
 func TestHostAndOrigin(t *testing.T) {
 	tb := newTestBroker(t)
 	tok := tb.tokens["acme"]
+	// A TCP listener on loopback for the same server: there a browser can
+	// reach the broker, so the Host and Referer checks apply.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tb.srv.Serve(ctx, ln, time.Second) }()
+	defer func() { cancel(); <-done }()
+	tcp := NewClient(ListenSpec{Network: "tcp", Address: ln.Addr().String()})
+	defer tcp.CloseIdle()
+
 	for _, tt := range []struct {
-		name string
-		hdr  http.Header
-		want int
+		name      string
+		hdr       http.Header
+		unix, net int // want, per listener
 	}{
-		{"localhost", http.Header{"Host": {"localhost"}}, 200},
-		{"loopback with port", http.Header{"Host": {"127.0.0.1:8080"}}, 200},
-		{"rebinding host", http.Header{"Host": {"evil.example"}}, 403},
-		{"origin", http.Header{"Origin": {"http://localhost"}}, 403},
-		{"referer", http.Header{"Referer": {"http://evil.example/"}}, 403},
+		{"localhost", http.Header{"Host": {"localhost"}}, 200, 200},
+		{"LOCALHOST", http.Header{"Host": {"LOCALHOST"}}, 200, 200},
+		{"loopback with port", http.Header{"Host": {"127.0.0.1:8080"}}, 200, 200},
+		{"client placeholder host", http.Header{"Host": {"unix"}}, 200, 403},
+		{"rebinding host", http.Header{"Host": {"evil.example"}}, 200, 403},
+		{"origin", http.Header{"Origin": {"http://localhost"}}, 403, 403},
+		{"referer", http.Header{"Referer": {"http://evil.example/"}}, 200, 403},
+		{"sec-fetch-site", http.Header{"Sec-Fetch-Site": {"cross-site"}}, 200, 403},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := bearer(tok)
 			for k, v := range tt.hdr {
 				h[k] = v
 			}
-			if status, body, _ := tb.raw(t, "GET", "/v1/tenants/acme/env", h); status != tt.want {
-				t.Fatalf("status %d %q, want %d", status, body, tt.want)
+			if status, body, _ := tb.raw(t, "GET", "/v1/tenants/acme/env", h); status != tt.unix {
+				t.Errorf("unix socket: status %d %q, want %d", status, body, tt.unix)
+			}
+			if status := rawTCP(t, ln.Addr().String(), h); status != tt.net {
+				t.Errorf("tcp: status %d, want %d", status, tt.net)
 			}
 		})
 	}
+	if _, _, err := tcp.Env(t.Context(), tok, "acme", "json"); err != nil {
+		t.Fatalf("the broker's own client over tcp: %v", err)
+	}
+}
+
+// rawTCP sends one request over TCP with full control of the headers.
+func rawTCP(t *testing.T, addr string, hdr http.Header) int {
+	t.Helper()
+	req, err := http.NewRequest("GET", "http://"+addr+"/v1/tenants/acme/env", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, vs := range hdr {
+		if strings.EqualFold(k, "Host") {
+			req.Host = vs[0]
+			continue
+		}
+		req.Header[k] = vs
+	}
+	c := &http.Client{Transport: &http.Transport{}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 func TestBadRequests(t *testing.T) {
@@ -392,7 +438,7 @@ func TestUpstreamErrorsMapped(t *testing.T) {
 		{fetch.KindUpstream, 502, "upstream_error"},
 		{fetch.KindCredentials, 502, "upstream_rejected"},
 		{fetch.KindData, 502, "upstream_rejected"},
-		{fetch.KindConfig, 500, "config_error"},
+		{fetch.KindConfig, 502, "config_error"},
 	} {
 		t.Run(tt.kind.String(), func(t *testing.T) {
 			tb := newTestBroker(t)
@@ -413,8 +459,8 @@ func TestMissingCredential(t *testing.T) {
 	tb := newTestBroker(t)
 	_, _, err := tb.client.Env(t.Context(), tb.tokens["both"], "hooli", "dotenv")
 	var ae *APIError
-	if !errors.As(err, &ae) || ae.Status != 500 || !strings.Contains(ae.Message, "TOK_HOOLI_MISSING") {
-		t.Fatalf("err %v, want 500 naming the missing variable", err)
+	if !errors.As(err, &ae) || ae.Status != 502 || ae.Code != "config_error" || !strings.Contains(ae.Message, "TOK_HOOLI_MISSING") {
+		t.Fatalf("err %v, want 502 config_error naming the missing variable", err)
 	}
 }
 
