@@ -349,13 +349,18 @@ func cmdPolicy(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Check(err)
 		ts.Check(os.WriteFile(p+".good", good, 0o600))
 		writeAtomic(ts, p, []byte(`{"version": 1, "tenants": {"Bad Name": {}}, "surprise": true}`))
+	case args[0] == "sm-base" && len(args) == 2:
+		editPolicy(ts, func(p map[string]any) {
+			sm := p["upstream"].(map[string]any)["sm"].(map[string]any)
+			sm["api_url"], sm["identity_url"] = args[1]+"/api", args[1]+"/identity"
+		})
 	case args[0] == "restore" && len(args) == 1:
 		p := demoOf(ts).PolicyPath
 		good, err := os.ReadFile(p + ".good")
 		ts.Check(err)
 		writeAtomic(ts, p, good)
 	default:
-		ts.Fatalf("usage: policy add-tenant NEW FROM | policy break | policy restore")
+		ts.Fatalf("usage: policy add-tenant NEW FROM | policy break | policy restore | policy sm-base URL")
 	}
 }
 
@@ -575,6 +580,12 @@ func cmdUpstream(ts *testscript.TestScript, neg bool, args []string) {
 		sm.Stop()
 	case "start":
 		ts.Check(sm.StartAt(sm.Addr()))
+	case "move":
+		// Serve on a new port (the old one is closed) and export its base
+		// URL as SMURL.
+		sm.Stop()
+		ts.Check(sm.Start())
+		ts.Setenv("SMURL", sm.URL())
 	case "stats":
 		s := sm.Stats()
 		sync := s.ByRoute[syncRoute]

@@ -103,7 +103,7 @@ func runMigrate(ctx context.Context, c *cli, args []string) error {
 	}
 	if pol.Upstream.SM.APIURL == "" {
 		return withCode(exitFailure, errors.New("the policy has no upstream.sm"),
-			"add upstream.sm.api_url and identity_url to the policy (and restart a running broker) before migrating")
+			"add upstream.sm.api_url and identity_url to the policy before migrating (a running broker picks them up on reload)")
 	}
 	tenants, missing := server.BuildTenants(pol, envVars)
 	if v, ok := missing[tenant]; ok {

@@ -8,8 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -89,8 +89,7 @@ type broker struct {
 	files   fileFlags
 	base    context.Context
 	cancel  context.CancelFunc
-	sm      *fetch.SM
-	bw      *bwcli.Backend
+	cur     atomic.Pointer[backends] // the backends in use
 	metrics *server.Metrics
 	srv     *server.Server
 	cache   scope.Cache
@@ -141,35 +140,13 @@ func openBroker(ctx context.Context, logger *slog.Logger, ff fileFlags) (*broker
 	b := &broker{log: logger, files: ff, metrics: server.NewMetrics(), cache: pol.Cache, unlock: unlock, tokStamp: stamp}
 	ok = true // from here on b.close releases the lock
 	b.base, b.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	backends := map[string]fetch.Backend{}
-	if pol.Upstream.SM.APIURL != "" {
-		b.sm, err = fetch.NewSM(fetch.SMConfig{
-			APIURL:      pol.Upstream.SM.APIURL,
-			IdentityURL: pol.Upstream.SM.IdentityURL,
-			StateDir:    filepath.Join(ff.stateDir, "sm"),
-			Logger:      logger,
-			Client:      pol.Upstream.SM.Client,
-		})
-		if err != nil {
-			b.close()
-			return nil, fmt.Errorf("secrets manager backend: %v", err)
-		}
-		backends[fetch.BackendSM] = b.sm
+	bs, _, err := openBackends(pol.Upstream, nil, ff.stateDir, logger)
+	if err != nil {
+		b.close()
+		return nil, err
 	}
-	if pol.Upstream.BW.ServerURL != "" {
-		b.bw, err = bwcli.New(bwcli.Config{
-			ServerURL: pol.Upstream.BW.ServerURL,
-			CAFile:    pol.Upstream.BW.CAFile,
-			Mode:      pol.Upstream.BW.Mode,
-			StateDir:  ff.stateDir,
-			Logger:    logger,
-		})
-		if err != nil {
-			b.close()
-			return nil, fmt.Errorf("bw fallback backend: %v", err)
-		}
-		backends[fetch.BackendBWCLI] = b.bw
-	}
+	b.cur.Store(bs)
+	backends := bs.resolverBackends()
 	resolver := fetch.NewResolver(b.base, fetch.ResolverConfig{
 		TTL:          pol.Cache.TTL.Duration,
 		StaleIfError: pol.Cache.StaleIfError.Duration,
@@ -205,17 +182,13 @@ func (b *broker) registerMetrics(r *fetch.Resolver) {
 		_, mi, _ := b.srv.Config().Resolver.CacheStats()
 		return float64(mi)
 	})
-	if b.sm != nil {
-		registerSMMetrics(m, b.sm)
-	}
-	if b.bw != nil {
-		registerBWMetrics(m, b.bw)
-	}
+	registerSMMetrics(m, func() *fetch.SM { return b.cur.Load().sm })
+	registerBWMetrics(m, func() *bwcli.Backend { return b.cur.Load().bw })
 }
 
 // reload re-reads the policy, the provider env file and the token store. A
-// policy that does not load, or that changes what needs a restart, is refused
-// and the running policy kept. A token store that does not load fails
+// policy or env file that does not load is refused and the running policy
+// kept; a changed upstream block gets new backends. A token store that does not load fails
 // closed: keeping the old tokens could keep a just-revoked one alive, so
 // every caller gets 401 until the store loads again (the watcher retries on
 // every change, chmod included).
@@ -231,9 +204,6 @@ func (b *broker) reload(reason string) {
 		tokens = scope.NewTokenStore()
 	}
 	pol, err := state.LoadPolicy(b.files.policy)
-	if err == nil && pol.Upstream != old.Policy.Upstream {
-		err = errors.New("upstream settings changed; restart the broker to apply them")
-	}
 	var envVars map[string]string
 	if err == nil {
 		envVars, err = state.LoadEnvFile(b.files.envFile)
@@ -248,14 +218,36 @@ func (b *broker) reload(reason string) {
 		return
 	}
 	resolver := old.Resolver
-	if pol.Cache != b.cache {
+	var retire []func()
+	if cur := b.cur.Load(); pol.Upstream != cur.upstream {
+		// New upstream settings: new backends (unchanged parts carried
+		// over), a new resolver (nothing cached under the old upstream is
+		// served), and the old backends closed once requests left them.
+		bs, r, err := openBackends(pol.Upstream, cur, b.files.stateDir, b.log)
+		if err != nil {
+			b.log.Error("reload refused: keeping the running policy", "reason", reason, "err", err)
+			cfg := *old
+			cfg.Tokens = tokens
+			b.srv.SetConfig(&cfg)
+			return
+		}
+		b.cur.Store(bs)
+		retire = r
+		resolver = nil
+	}
+	if resolver == nil || pol.Cache != b.cache {
 		resolver = fetch.NewResolver(b.base, fetch.ResolverConfig{
 			TTL:          pol.Cache.TTL.Duration,
 			StaleIfError: pol.Cache.StaleIfError.Duration,
 			MaxTenants:   pol.Cache.MaxTenants,
-		}, old.Resolver.Backends())
+		}, b.cur.Load().resolverBackends())
 		b.cache = pol.Cache
 	}
+	defer func() {
+		for _, f := range retire {
+			go f() // closes wait for calls in flight
+		}
+	}()
 	b.srv.SetConfig(b.buildConfig(pol, envVars, tokens, resolver))
 	b.log.Info("configuration reloaded", "reason", reason, "tenants", len(pol.Tenants), "tokens", len(tokens.Tokens))
 }
@@ -310,13 +302,8 @@ func (b *broker) close() {
 	if b.cancel != nil {
 		b.cancel()
 	}
-	if b.bw != nil {
-		if err := b.bw.Close(); err != nil {
-			b.log.Error("closing the bw fallback", "err", err)
-		}
-	}
-	if b.sm != nil {
-		b.sm.Close()
+	if bs := b.cur.Load(); bs != nil {
+		bs.close(b.log)
 	}
 	if b.last != nil {
 		if err := b.last.Close(); err != nil {
