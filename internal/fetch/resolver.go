@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -68,6 +70,7 @@ type Resolver struct {
 	base     context.Context
 	cache    *expirable.LRU[string, cacheEntry] // nil when caching is off
 	flights  singleflight.Group
+	keys     sync.Map // tenant name → memoKey
 	hits     atomic.Int64
 	misses   atomic.Int64
 }
@@ -104,10 +107,39 @@ func cacheKey(t Tenant) string {
 	return t.Name + "/" + hex.EncodeToString(h.Sum(nil)[:16])
 }
 
+// keyOf returns cacheKey(t), memoized per tenant name: the hash is
+// recomputed only when the tenant's configuration differs in any field from
+// the one it was computed for (the comparison is cheaper than the hash).
+func (r *Resolver) keyOf(t Tenant) string {
+	if m, ok := r.keys.Load(t.Name); ok {
+		if mk := m.(memoKey); sameTenant(mk.t, t) {
+			return mk.key
+		}
+	}
+	k := cacheKey(t)
+	t.ProjectIDs = slices.Clone(t.ProjectIDs) // the memo must not alias the caller's slice
+	r.keys.Store(t.Name, memoKey{t: t, key: k})
+	return k
+}
+
+type memoKey struct {
+	t   Tenant
+	key string
+}
+
+// sameTenant reports whether a and b have the same configuration, field by
+// field (everything cacheKey hashes).
+func sameTenant(a, b Tenant) bool {
+	return a.Name == b.Name && a.Backend == b.Backend && a.OrganizationID == b.OrganizationID &&
+		slices.Equal(a.ProjectIDs, b.ProjectIDs) && a.AccessToken == b.AccessToken &&
+		a.Collection == b.Collection && a.ClientID == b.ClientID &&
+		a.ClientSecret == b.ClientSecret && a.Password == b.Password
+}
+
 // Resolve returns tenant t's env. The caller waits at most until ctx is done;
 // the upstream fetch itself may go on for the next caller.
 func (r *Resolver) Resolve(ctx context.Context, t Tenant) (Result, error) {
-	key := cacheKey(t)
+	key := r.keyOf(t)
 	now := r.cfg.Now()
 	var stale *cacheEntry
 	if r.cache != nil {

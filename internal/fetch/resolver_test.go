@@ -119,6 +119,21 @@ func TestResolverConfigChangeMisses(t *testing.T) {
 	if err != nil || res.Source != BackendSM || b.calls.Load() != 2 {
 		t.Fatalf("after a credential change: source %q calls %d err %v; want a fresh fetch", res.Source, b.calls.Load(), err)
 	}
+	// A project change is a new configuration too, even when the caller
+	// reuses (and mutates) its slice: the memoized key must not alias it.
+	projects := []string{"p1"}
+	withP := changed
+	withP.ProjectIDs = projects
+	if _, err := r.Resolve(t.Context(), withP); err != nil || b.calls.Load() != 3 {
+		t.Fatalf("first project set: calls %d err %v", b.calls.Load(), err)
+	}
+	projects[0] = "p2"
+	if res, err := r.Resolve(t.Context(), withP); err != nil || res.Source != BackendSM || b.calls.Load() != 4 {
+		t.Fatalf("after the project changed in place: source %q calls %d err %v; want a fresh fetch", res.Source, b.calls.Load(), err)
+	}
+	if res, err := r.Resolve(t.Context(), withP); err != nil || res.Source != SourceCache {
+		t.Fatalf("unchanged again: source %q err %v; want the cache", res.Source, err)
+	}
 }
 
 func TestResolverSingleflight(t *testing.T) {
