@@ -31,6 +31,9 @@ test: tools ## every test with -race; again without cgo (native SM client; bw-on
 demo: tools ## run the whole flow on the embedded upstreams and exit
 	$(GO) run ./cmd/broker dev --once
 
+bench: tools ## measure the broker beside its ceiling and predecessor; writes BENCHMARKS.md (about 7 min)
+	scripts/bench.sh
+
 fuzz: ## run every fuzz target for FUZZTIME (default 60s) each
 	FUZZTIME=$(or $(FUZZTIME),60s) scripts/fuzz.sh
 
@@ -42,4 +45,4 @@ lint: ## gofmt, go vet, and go mod tidy must change nothing
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 
-.PHONY: help build tools test demo fuzz soak lint
+.PHONY: help build tools test demo bench fuzz soak lint
