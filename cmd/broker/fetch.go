@@ -168,7 +168,13 @@ func runFetch(ctx context.Context, c *cli, args []string) error {
 		_, err := c.stdout.Write(body)
 		return err
 	}
-	if err := state.WriteFileAtomic(out, body, fs.FileMode(perm)); err != nil {
+	// The daemon writes into tenants' jails, whose directories the tenant
+	// controls: never follow a symbolic link there (DESIGN 2.6).
+	if err := state.WriteFileAtomicNoFollow(out, body, fs.FileMode(perm)); err != nil {
+		var se *state.SymlinkError
+		if errors.As(err, &se) {
+			return fmt.Errorf("--out: %v", se)
+		}
 		return fmt.Errorf("failed to write %s (the previous file, if any, is intact): %v", out, err)
 	}
 	return nil

@@ -28,17 +28,27 @@ func hook(step string) error {
 // rename, the temporary file is removed and the old file is untouched. An
 // error syncing the directory after the rename is reported, but the new
 // file is then already in place.
+//
+// WriteFileAtomic follows symbolic links in the directory part of path;
+// for a directory that someone else controls, use WriteFileAtomicNoFollow.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
+	}
+	t := &target{
+		path:    path,
+		link:    func(f *os.File) (string, error) { return linkUnnamed(f, dir, "."+base+".tmp-") },
+		rename:  func(tmp string) error { return os.Rename(tmp, path) },
+		remove:  func(tmp string) { os.Remove(tmp) },
+		syncDir: func() error { return syncDir(dir) },
 	}
 	// On Linux the data is first written to an unnamed file (O_TMPFILE) that
 	// gets a name only once it is complete, so a process killed mid-write
 	// leaves nothing behind. Elsewhere, or where the filesystem lacks
 	// O_TMPFILE, a named temporary file is used.
 	if f, err := openUnnamed(dir, perm); err == nil {
-		err := writeVia(path, dir, base, f, "", data, perm)
+		err := t.write(f, "", data, perm)
 		if !errors.Is(err, errLink) {
 			return err
 		}
@@ -48,17 +58,30 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	if err != nil {
 		return fmt.Errorf("write %s: create temporary file: %w", path, unwrapPath(err))
 	}
-	return writeVia(path, dir, base, f, f.Name(), data, perm)
+	return t.write(f, f.Name(), data, perm)
 }
 
-// writeVia writes data to f (named tmp, or unnamed when tmp is ""), gives it
-// a temporary name if needed, and renames it over path.
-func writeVia(path, dir, base string, f *os.File, tmp string, data []byte, perm os.FileMode) (err error) {
+// target is where an atomic write goes: the operations that name, rename
+// and remove its temporary file and sync its directory. WriteFileAtomic
+// does them by path, WriteFileAtomicNoFollow relative to an open directory.
+type target struct {
+	path    string                         // the target as the caller named it, for messages
+	link    func(*os.File) (string, error) // names a complete unnamed file; returns the name
+	rename  func(tmp string) error         // renames the temporary file over the target
+	remove  func(tmp string)               // removes the temporary file
+	syncDir func() error                   // syncs the target's directory
+}
+
+// write writes data to f (named tmp, or unnamed when tmp is ""), gives it a
+// temporary name if needed, and renames it over the target. On an error
+// before the rename, f is closed and the temporary file removed.
+func (t *target) write(f *os.File, tmp string, data []byte, perm os.FileMode) (err error) {
+	path := t.path
 	defer func() {
 		if err != nil {
 			f.Close()
 			if tmp != "" {
-				os.Remove(tmp)
+				t.remove(tmp)
 			}
 		}
 	}()
@@ -83,7 +106,7 @@ func writeVia(path, dir, base string, f *os.File, tmp string, data []byte, perm 
 	if tmp == "" {
 		name, err := "", hook("link")
 		if err == nil {
-			name, err = linkUnnamed(f, dir, "."+base+".tmp-")
+			name, err = t.link(f)
 		}
 		if err != nil {
 			return fmt.Errorf("write %s: %w: %v", path, errLink, unwrapPath(err))
@@ -93,10 +116,10 @@ func writeVia(path, dir, base string, f *os.File, tmp string, data []byte, perm 
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("write %s: close: %w", path, unwrapPath(err))
 	}
-	if err := step("rename", func() error { return os.Rename(tmp, path) }); err != nil {
+	if err := step("rename", func() error { return t.rename(tmp) }); err != nil {
 		return err
 	}
-	if err := syncDir(dir); err != nil {
+	if err := t.syncDir(); err != nil {
 		return fmt.Errorf("write %s: sync directory (the new file is in place): %w", path, unwrapPath(err))
 	}
 	return nil

@@ -40,3 +40,29 @@ func linkUnnamed(f *os.File, dir, prefix string) (string, error) {
 	}
 	return "", errors.New("no free temporary name")
 }
+
+// openUnnamedAt is openUnnamed for the directory open as dirfd.
+func openUnnamedAt(dirfd int, name string, perm os.FileMode) (*os.File, error) {
+	fd, err := unix.Openat(dirfd, ".", unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, uint32(perm.Perm()))
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+// linkUnnamedAt is linkUnnamed for the directory open as dirfd: it gives f
+// a random name prefix+hex in that directory and returns the name.
+func linkUnnamedAt(f *os.File, dirfd int, prefix string) (string, error) {
+	src := "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))
+	for range 8 {
+		name := prefix + randomSuffix()
+		err := unix.Linkat(unix.AT_FDCWD, src, dirfd, name, unix.AT_SYMLINK_FOLLOW)
+		if err == nil {
+			return name, nil
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			return "", err
+		}
+	}
+	return "", errors.New("no free temporary name")
+}
