@@ -29,6 +29,7 @@ func registerSMMetrics(m *server.Metrics, sm func() *fetch.SM) {
 	m.CounterFunc("broker_sm_retries_total", "Secrets Manager calls retried after 429, 5xx or a connection error.", func() float64 { return float64(smStats(sm).Retries) })
 	m.GaugeFunc("broker_sm_live_clients", "Live Secrets Manager SDK clients.", func() float64 { return float64(smStats(sm).LiveClients) })
 	m.CounterFunc("broker_sm_client_evictions_total", "SDK clients closed because the client pool was full.", func() float64 { return float64(smStats(sm).Evictions) })
+	m.CounterFunc("broker_sm_calls_abandoned_total", "Secrets Manager calls given up after the call limit; their clients were replaced.", func() float64 { return float64(smStats(sm).Abandoned) })
 }
 
 func registerBWMetrics(m *server.Metrics, bw func() *bwcli.Backend) {

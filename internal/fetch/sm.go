@@ -61,6 +61,24 @@ const (
 	// Limits the SDK enforces on Create/Update (it counts characters).
 	smMaxValueChars = 25000
 	smMaxKeyChars   = 500
+
+	// smCallLimit is how long one client call may run before it is
+	// abandoned: its concurrency slot is released and its client replaced
+	// (closed when, if ever, the call returns). The SDK's reqwest client
+	// has no overall timeout, so an upstream that accepts a connection and
+	// never answers would otherwise pin a slot forever, and MaxConcurrent
+	// such calls would stop every Secrets Manager tenant. 90 s is above
+	// the resolver's default FetchTimeout (60 s), so no caller with the
+	// default deadline still waits for a call that is abandoned, and above
+	// the native client's bound on one HTTP exchange (60 s); it is below
+	// two fetch timeouts, so a hung upstream costs at most one failed
+	// refresh round before the slots are free again.
+	smCallLimit = 90 * time.Second
+	// smMaxHung bounds the abandoned calls that have not returned yet.
+	// Each one keeps an OS thread, a socket and (SDK) a tokio runtime;
+	// past this many, an abandoned call keeps its slot until it returns,
+	// so that a permanently hanging upstream cannot exhaust threads.
+	smMaxHung = 64
 )
 
 // SMConfig configures the Secrets Manager backend. Both URLs are required:
@@ -129,6 +147,10 @@ type SMStats struct {
 	// Dropped counts clients discarded because the upstream refused their
 	// access token.
 	Dropped int64
+	// Abandoned counts calls that had not returned after the call limit
+	// (smCallLimit): each one's client was replaced and, unless too many
+	// were still hanging, its concurrency slot released.
+	Abandoned int64
 }
 
 // SM is the Secrets Manager backend. It implements Backend and is safe for
@@ -137,7 +159,10 @@ type SMStats struct {
 //
 // The SDK's calls cannot be cancelled: a caller waits on its own context, and
 // a call it abandons finishes in the background; its result still updates the
-// client's state and its client is never closed while the call runs.
+// client's state and its client is never closed while the call runs. A call
+// still running after the call limit (smCallLimit) is given up: its
+// concurrency slot is released, its client leaves the pool (the next call for
+// the token gets a new one) and is closed when the call returns, if ever.
 type SM struct {
 	apiURL, identityURL string
 	stateDir            string
@@ -149,10 +174,13 @@ type SM struct {
 	pool                *smPool
 	stats               smCounters
 	syncSkew            time.Duration // smSyncSkew; tests set 0
+	callLimit           time.Duration // smCallLimit; tests shorten it
+	maxHung             int64         // smMaxHung; tests lower it
+	hung                atomic.Int64  // abandoned calls not yet returned
 }
 
 type smCounters struct {
-	logins, requests, retries, live, evictions, dropped atomic.Int64
+	logins, requests, retries, live, evictions, dropped, abandoned atomic.Int64
 }
 
 // smClient is what the backend calls on one SDK client. Errors are the SDK's
@@ -272,6 +300,8 @@ func newSM(cfg SMConfig, newClient func(apiURL, identityURL string) (smClient, e
 		limiter:     rate.NewLimiter(rate.Limit(cfg.RatePerSec), cfg.Burst),
 		sem:         make(chan struct{}, cfg.MaxConcurrent),
 		syncSkew:    smSyncSkew,
+		callLimit:   smCallLimit,
+		maxHung:     smMaxHung,
 	}
 	s.pool, err = newSMPool(cfg.MaxClients, s)
 	if err != nil {
@@ -372,6 +402,7 @@ func (s *SM) Stats() SMStats {
 		LiveClients: s.stats.live.Load(),
 		Evictions:   s.stats.evictions.Load(),
 		Dropped:     s.stats.dropped.Load(),
+		Abandoned:   s.stats.abandoned.Load(),
 	}
 }
 
@@ -838,6 +869,8 @@ func backoff(attempt int) time.Duration {
 func (s *SM) call(ctx context.Context, e *smEntry, skip func() bool, op func(c smClient) error) error {
 	select {
 	case e.lock <- struct{}{}:
+	case <-e.hung:
+		return errCallHung()
 	case <-ctx.Done():
 		return ctxError(ctx)
 	}
@@ -847,6 +880,13 @@ func (s *SM) call(ctx context.Context, e *smEntry, skip func() bool, op func(c s
 			<-e.lock
 		}
 	}()
+	select {
+	case <-e.hung:
+		// The lock came free because the hung call returned; its client
+		// is out of the pool and is closed once its users leave.
+		return errCallHung()
+	default:
+	}
 	if skip != nil && skip() {
 		return nil
 	}
@@ -865,16 +905,35 @@ func (s *SM) call(ctx context.Context, e *smEntry, skip func() bool, op func(c s
 	handedOff = true
 	done := make(chan error, 1)
 	go func() {
+		w := s.watch(e)
+		var err error
+		// The slot, the lock and the reference are given back before
+		// the result, so a caller that got it sees them released.
+		defer func() { done <- err }()
 		defer s.pool.release(e)
-		defer func() { <-s.sem; <-e.lock }()
-		done <- s.run(e, op)
+		defer func() { w.returned(); <-e.lock }()
+		err = s.run(e, op)
 	}()
 	select {
 	case err := <-done:
 		return err
+	case <-e.hung:
+		select {
+		case err := <-done: // returned just as it was given up
+			return err
+		default:
+		}
+		return errCallHung()
 	case <-ctx.Done():
 		return ctxError(ctx)
 	}
+}
+
+// errCallHung is what the callers of a call given up after the call limit
+// get. It is not retried on the same client: the caller's next request gets
+// a new one.
+func errCallHung() *Error {
+	return NewError(KindUnavailable, "", "Secrets Manager did not answer within the call limit; the client was replaced, retry later", errors.New("upstream call hung"))
 }
 
 // run executes op on e's client (created on first use) with e's lock held.
@@ -1160,10 +1219,15 @@ type smEntry struct {
 	loggedIn bool
 	orgs     map[string]*smOrgState // by lowercase organization id
 
+	// hung is closed when a call on this client ran past the call limit:
+	// the entry is out of the pool and no further call starts on it.
+	hung chan struct{}
+
 	// Guarded by smPool.mu.
-	refs   int  // callers and running calls
-	gone   bool // out of the pool: no new users, closed at refs == 0
-	closed bool
+	refs     int  // callers and running calls
+	gone     bool // out of the pool: no new users, closed at refs == 0
+	closed   bool
+	poisoned bool // hung is closed
 }
 
 // smOrgState is what the last successful sync of an organization gave.
@@ -1210,7 +1274,7 @@ func (p *smPool) acquire(tok smToken) (*smEntry, error) {
 	}
 	e, ok := p.lru.Get(tok.hash)
 	if !ok {
-		e = &smEntry{tok: tok, lock: make(chan struct{}, 1), orgs: make(map[string]*smOrgState)}
+		e = &smEntry{tok: tok, lock: make(chan struct{}, 1), hung: make(chan struct{}), orgs: make(map[string]*smOrgState)}
 		if p.lru.Add(tok.hash, e) {
 			p.s.stats.evictions.Add(1)
 			p.s.log.Debug("sm: client pool full; evicted the least recently used client")
@@ -1248,6 +1312,24 @@ func (p *smPool) drop(e *smEntry) {
 	if cur, ok := p.lru.Peek(e.tok.hash); ok && cur == e {
 		p.lru.Remove(e.tok.hash)
 		p.s.stats.dropped.Add(1)
+	}
+	closing := p.takeClosing()
+	p.mu.Unlock()
+	p.closeAll(closing)
+}
+
+// poison takes e out of the pool (if still there) because one of its calls
+// hangs, and wakes everyone waiting on it. e is closed when its last user
+// leaves, which is after the hung call returns.
+func (p *smPool) poison(e *smEntry) {
+	p.mu.Lock()
+	if cur, ok := p.lru.Peek(e.tok.hash); ok && cur == e {
+		p.lru.Remove(e.tok.hash)
+	}
+	e.gone = true
+	if !e.poisoned {
+		e.poisoned = true
+		close(e.hung)
 	}
 	closing := p.takeClosing()
 	p.mu.Unlock()
