@@ -99,7 +99,11 @@ type SMConfig struct {
 	// Default DefaultSMMaxClients.
 	MaxClients int
 	// RatePerSec and Burst shape every SDK call that can reach the
-	// upstream (login, sync, list, writes), across all tenants.
+	// upstream, across all tenants: API calls (sync, list, writes) share
+	// one limiter, and logins, which go to the separate identity service,
+	// another with the same shape. Bitwarden rate-limits the two services
+	// apart; one shared budget would make a cold start (a login and a sync
+	// per tenant) twice as slow as the API's own limit requires.
 	// Defaults DefaultSMRatePerSec and DefaultSMBurst.
 	RatePerSec float64
 	Burst      int
@@ -169,7 +173,8 @@ type SM struct {
 	log                 *slog.Logger
 	newClient           func(apiURL, identityURL string) (smClient, error) // nil: no client (tests only)
 	clientKind          string                                             // SMClientSDK or SMClientNative ("" in tests)
-	limiter             *rate.Limiter
+	limiter             *rate.Limiter                                      // API calls
+	loginLimiter        *rate.Limiter                                      // identity logins
 	sem                 chan struct{}
 	pool                *smPool
 	stats               smCounters
@@ -292,16 +297,17 @@ func newSM(cfg SMConfig, newClient func(apiURL, identityURL string) (smClient, e
 	}
 
 	s := &SM{
-		apiURL:      apiURL,
-		identityURL: identityURL,
-		stateDir:    cfg.StateDir,
-		log:         cfg.Logger,
-		newClient:   newClient,
-		limiter:     rate.NewLimiter(rate.Limit(cfg.RatePerSec), cfg.Burst),
-		sem:         make(chan struct{}, cfg.MaxConcurrent),
-		syncSkew:    smSyncSkew,
-		callLimit:   smCallLimit,
-		maxHung:     smMaxHung,
+		apiURL:       apiURL,
+		identityURL:  identityURL,
+		stateDir:     cfg.StateDir,
+		log:          cfg.Logger,
+		newClient:    newClient,
+		limiter:      rate.NewLimiter(rate.Limit(cfg.RatePerSec), cfg.Burst),
+		loginLimiter: rate.NewLimiter(rate.Limit(cfg.RatePerSec), cfg.Burst),
+		sem:          make(chan struct{}, cfg.MaxConcurrent),
+		syncSkew:     smSyncSkew,
+		callLimit:    smCallLimit,
+		maxHung:      smMaxHung,
 	}
 	s.pool, err = newSMPool(cfg.MaxClients, s)
 	if err != nil {
@@ -434,7 +440,7 @@ func (s *SM) Fetch(ctx context.Context, t Tenant) (Env, error) {
 		secrets []smSecret
 		changed bool
 	)
-	err = s.do(ctx, e, opRead, nil, func(c smClient) error {
+	err = s.do(ctx, e, s.limiter, opRead, nil, func(c smClient) error {
 		st := e.orgs[org]
 		var last *time.Time
 		if st != nil {
@@ -499,7 +505,7 @@ func (s *SM) Check(ctx context.Context, t Tenant) error {
 		return s.mapErr(t.Name, hint, err)
 	}
 	org := strings.ToLower(t.OrganizationID)
-	err = s.do(ctx, e, opRead, nil, func(c smClient) error {
+	err = s.do(ctx, e, s.limiter, opRead, nil, func(c smClient) error {
 		_, err := c.List(org)
 		return err
 	})
@@ -555,7 +561,7 @@ func (s *SM) Upsert(ctx context.Context, accessToken Secret, orgID, projectID st
 
 	// Read the current state: one request returns every visible secret.
 	var all []smSecret
-	err = s.do(ctx, e, opRead, nil, func(c smClient) error {
+	err = s.do(ctx, e, s.limiter, opRead, nil, func(c smClient) error {
 		start := time.Now().Add(-s.syncSkew)
 		_, got, err := c.Sync(org, nil)
 		if err == nil {
@@ -580,7 +586,7 @@ func (s *SM) Upsert(ctx context.Context, accessToken Secret, orgID, projectID st
 
 	// Writes invalidate the kept sync state of the organization.
 	write := func(kind smOpKind, op func(c smClient) error) error {
-		return s.do(ctx, e, kind, nil, func(c smClient) error {
+		return s.do(ctx, e, s.limiter, kind, nil, func(c smClient) error {
 			delete(e.orgs, org)
 			return op(c)
 		})
@@ -789,7 +795,7 @@ func prepareStateFile(path string) error {
 // costs nothing (no limiter token, no request).
 func (s *SM) ensureLogin(ctx context.Context, e *smEntry, token Secret) error {
 	loggedIn := func() bool { return e.loggedIn }
-	return s.do(ctx, e, opRead, loggedIn, func(c smClient) error {
+	return s.do(ctx, e, s.loginLimiter, opRead, loggedIn, func(c smClient) error {
 		state := s.statePath(e.tok)
 		if state != "" {
 			if err := prepareStateFile(state); err != nil {
@@ -822,9 +828,9 @@ const (
 // SDK drops headers, so only a Retry-After repeated in an error body counts). It never starts an attempt it cannot
 // wait for before ctx's deadline. It returns nil, an *smFailure (classified
 // upstream failure) or an *Error (deadline, cancel, local).
-func (s *SM) do(ctx context.Context, e *smEntry, kind smOpKind, skip func() bool, op func(c smClient) error) error {
+func (s *SM) do(ctx context.Context, e *smEntry, lim *rate.Limiter, kind smOpKind, skip func() bool, op func(c smClient) error) error {
 	for attempt := 1; ; attempt++ {
-		err := s.call(ctx, e, skip, op)
+		err := s.call(ctx, e, lim, skip, op)
 		f, ok := err.(*smFailure)
 		if !ok {
 			return err
@@ -866,7 +872,7 @@ func backoff(attempt int) time.Duration {
 // reports true, a limiter token and a concurrency slot; then op
 // runs in its own goroutine, which holds the lock, the slot and a reference
 // to e until the SDK returns, whether or not the caller still waits.
-func (s *SM) call(ctx context.Context, e *smEntry, skip func() bool, op func(c smClient) error) error {
+func (s *SM) call(ctx context.Context, e *smEntry, lim *rate.Limiter, skip func() bool, op func(c smClient) error) error {
 	select {
 	case e.lock <- struct{}{}:
 	case <-e.hung:
@@ -890,7 +896,7 @@ func (s *SM) call(ctx context.Context, e *smEntry, skip func() bool, op func(c s
 	if skip != nil && skip() {
 		return nil
 	}
-	if err := s.limiter.Wait(ctx); err != nil {
+	if err := lim.Wait(ctx); err != nil {
 		if ctx.Err() != nil {
 			return ctxError(ctx)
 		}

@@ -1029,11 +1029,14 @@ func TestConcurrencyLimit(t *testing.T) {
 
 func TestRateLimiterHonoursDeadline(t *testing.T) {
 	u := newFakeUpstream(t)
-	s := newFakeSM(t, u, SMConfig{RatePerSec: 0.01, Burst: 2})
+	s := newFakeSM(t, u, SMConfig{RatePerSec: 0.01, Burst: 1})
 	ten := smTenant("acme", 1, testProjectA)
-	// login + sync use the burst.
-	if _, err := s.Fetch(context.Background(), ten); err != nil {
-		t.Fatal(err)
+	// The login uses the identity limiter's burst, the sync the API's: a
+	// cold fetch fits in a burst of 1 (with one shared budget it could not).
+	cold, cancelCold := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelCold()
+	if _, err := s.Fetch(cold, ten); err != nil {
+		t.Fatalf("cold fetch with a burst of 1 per service: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
