@@ -12,6 +12,14 @@
 // serialized; different data dirs run in parallel, and a global semaphore
 // bounds how many calls drive bw at once.
 //
+// bw serve can list an empty or partial collection after a sync that
+// downloaded changes, and after a login or a serve start (their first
+// unlock runs syncs of bw's own): the collection is then read after a fresh
+// lock → unlock. Every list is also checked against the number of items bw
+// stores for the collection (data.json, counted without decrypting); a
+// short list is read once more after a fresh unlock, and a call never
+// serves an incomplete one (KindUnavailable instead).
+//
 // In "serve" mode (the default) each data dir gets one supervised
 // `bw serve` listening on a Unix socket inside the data dir, driven with
 // net/http; a call costs one unlock plus a few local requests. In "exec"
@@ -112,6 +120,9 @@ type Stats struct {
 	Calls             int64 // Fetch and Check calls
 	UnlockedAfterLock int64 // vaults found unlocked after a lock (must stay 0)
 	ServeRestarts     int64 // serve processes started after a dir's first (after a death, a kill or a new login)
+	Refreshes         int64 // extra lock → unlock cycles to read a collection whole (after a changed sync, a login, a serve start or a suspicious list)
+	Rereads           int64 // lists that looked incomplete (empty or fewer items than bw stores) and were read again after a fresh unlock
+	Incomplete        int64 // calls failed because bw kept returning an incomplete collection
 }
 
 // NotFoundError is returned by FindBW and New when the bw CLI cannot be
@@ -171,6 +182,7 @@ type Backend struct {
 	calls  sync.WaitGroup
 
 	nLogins, nProcs, nCalls, nUnlocked, nRestarts atomic.Int64
+	nRefreshes, nRereads, nIncomplete             atomic.Int64
 }
 
 var _ fetch.Backend = (*Backend)(nil)
@@ -246,6 +258,9 @@ func (b *Backend) Stats() Stats {
 		Calls:             b.nCalls.Load(),
 		UnlockedAfterLock: b.nUnlocked.Load(),
 		ServeRestarts:     b.nRestarts.Load(),
+		Refreshes:         b.nRefreshes.Load(),
+		Rereads:           b.nRereads.Load(),
+		Incomplete:        b.nIncomplete.Load(),
 	}
 }
 

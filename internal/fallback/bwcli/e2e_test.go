@@ -196,8 +196,17 @@ func runModeTests(t *testing.T, mode string) {
 		t.Logf("first Fetch (login included): %v", d)
 		wantEnv(t, env, want)
 		h.checkLocked(alice)
-		if st := h.b.Stats(); st.Logins != 1 {
+		st := h.b.Stats()
+		if st.Logins != 1 {
 			t.Errorf("Stats().Logins = %d, want 1", st.Logins)
+		}
+		// The first call after a login reads after a fresh unlock, whatever
+		// its sync downloaded (serve mode).
+		if mode == ModeServe && st.Refreshes < 1 {
+			t.Errorf("Stats().Refreshes after the first call = %d, want at least 1", st.Refreshes)
+		}
+		if st.Incomplete != 0 {
+			t.Errorf("Stats().Incomplete = %d, want 0", st.Incomplete)
 		}
 	})
 
@@ -223,6 +232,7 @@ func runModeTests(t *testing.T, mode string) {
 	serveOnly("sequential fetches log in once", func(t *testing.T) {
 		h.t = t
 		w.srv.ResetStats()
+		refreshes := h.b.Stats().Refreshes
 		n := 9
 		for range n {
 			env, err, d := h.fetch(ctx, alice)
@@ -241,6 +251,10 @@ func runModeTests(t *testing.T, mode string) {
 		if got := w.srv.Stats().ByRoute["GET /api/sync"]; got != 0 {
 			t.Errorf("full syncs of an unchanged vault = %d, want 0", got)
 		}
+		// An unchanged vault costs no second unlock.
+		if got := h.b.Stats().Refreshes - refreshes; got != 0 {
+			t.Errorf("fresh unlocks during %d fetches of an unchanged vault = %d, want 0", n, got)
+		}
 		t.Logf("%s mode: median Fetch of an unchanged vault over %d calls: %v", mode, len(durations), median(durations))
 		h.checkLocked(alice)
 	})
@@ -249,6 +263,7 @@ func runModeTests(t *testing.T, mode string) {
 		h.t = t
 		rounds := 3
 		var added string
+		refreshes := h.b.Stats().Refreshes
 		for i := range rounds {
 			v := "version-" + string(rune('a'+i)) + "\n$x"
 			if err := w.srv.UpdateItem(w.changing, v); err != nil {
@@ -273,6 +288,10 @@ func runModeTests(t *testing.T, mode string) {
 			wantEnv(t, env, want)
 		}
 		w.acmeItems["CHANGING"] = want["CHANGING"]
+		// Each sync that downloaded a change is followed by a fresh unlock.
+		if got := h.b.Stats().Refreshes - refreshes; got < int64(rounds) {
+			t.Errorf("fresh unlocks after %d changed syncs = %d, want at least %d", rounds, got, rounds)
+		}
 		h.checkLocked(alice)
 	})
 

@@ -61,7 +61,20 @@ func (v *execVault) sync(ctx context.Context, _ fetch.Secret) error {
 	// Each process reads the data dir afresh: a sync that downloaded
 	// changes needs no second unlock here.
 	_, err := v.b.run(ctx, v.d, "sync", v.session(), "sync")
+	if err == nil {
+		v.d.freshRead = false
+	}
 	return err
+}
+
+// refresh locks and unlocks again (a new session key), for a list that
+// looked incomplete.
+func (v *execVault) refresh(ctx context.Context, password fetch.Secret) error {
+	v.b.nRefreshes.Add(1)
+	if _, err := v.b.run(ctx, v.d, "lock", nil, "lock"); err != nil && reasonOf(err) != reasonNotLoggedIn {
+		return err
+	}
+	return v.unlock(ctx, password)
 }
 
 func (v *execVault) collections(ctx context.Context, org string) ([]bwCollection, error) {

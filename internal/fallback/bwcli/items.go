@@ -81,3 +81,15 @@ func buildEnv(tenant, org, coll string, items []bwItem) (env fetch.Env, ignored 
 	}
 	return eb.Env(), ignored, nil
 }
+
+// countInOrg counts the organization's items not in the trash, in any
+// collection.
+func countInOrg(items []bwItem, org string) int {
+	n := 0
+	for i := range items {
+		if items[i].OrganizationID == org && items[i].DeletedDate == nil {
+			n++
+		}
+	}
+	return n
+}

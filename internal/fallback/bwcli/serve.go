@@ -143,6 +143,9 @@ func (b *Backend) ensureServe(ctx context.Context, d *dataDir) (*serveProc, erro
 		return nil, &stepError{step: "serve", reason: reasonStart, exit: -1, err: errors.New("bw cannot be started")}
 	}
 	b.nProcs.Add(1)
+	// A new serve's first unlock may run syncs of its own: the call reads
+	// after a fresh unlock.
+	d.freshRead = true
 	d.serveStarts++
 	if d.serveStarts > 1 {
 		b.nRestarts.Add(1)
@@ -321,21 +324,43 @@ func (v *serveVault) unlock(ctx context.Context, password fetch.Secret) error {
 }
 
 // sync runs POST /sync. bw serve can list an empty or partial collection
-// right after a sync that downloaded changes (protocols §10), so when bw's
-// stored state changed beyond its last-sync time, it locks and unlocks again:
-// a fresh unlock reads the collection whole.
+// right after a sync that downloaded changes (protocols §10), and the first
+// unlock of a new serve or after a login runs syncs of its own (the key-id
+// migration), so it locks and unlocks again (a fresh unlock reads the
+// collection whole) unless bw's stored state shows the sync downloaded
+// nothing: the state is unchanged beyond its last-sync time, and that time
+// was rewritten (proof the sync wrote its result before answering).
 func (v *serveVault) sync(ctx context.Context, password fetch.Secret) error {
-	before := stateFingerprint(v.d)
+	before := snapshotState(v.d)
 	if _, err := v.b.serveDo(ctx, v.d, "sync", http.MethodPost, "/sync", nil); err != nil {
 		return err
 	}
-	if after := stateFingerprint(v.d); before != "" && after == before {
+	after := snapshotState(v.d)
+	changed := syncChanged(before, after)
+	v.b.log.Debug("bw sync done", "dir", v.d.name, "changed", changed, "fresh_read", v.d.freshRead,
+		"state_changed", before.fp == "" || before.fp != after.fp)
+	if !changed && !v.d.freshRead {
 		return nil
 	}
+	return v.refresh(ctx, password)
+}
+
+// refresh locks and unlocks again, so that the next list reads the stored
+// vault whole.
+func (v *serveVault) refresh(ctx context.Context, password fetch.Secret) error {
+	v.b.nRefreshes.Add(1)
+	start := time.Now()
 	if _, err := v.b.serveDo(ctx, v.d, "lock", http.MethodPost, "/lock", nil); err != nil {
 		return err
 	}
-	return v.unlock(ctx, password)
+	if err := v.unlock(ctx, password); err != nil {
+		return err
+	}
+	v.b.log.Debug("bw fresh unlock done", "dir", v.d.name, "duration", time.Since(start))
+	if v.d.serve != nil && v.d.serve.alive() && !v.d.serve.tainted {
+		v.d.freshRead = false
+	}
+	return nil
 }
 
 func (v *serveVault) collections(ctx context.Context, org string) ([]bwCollection, error) {

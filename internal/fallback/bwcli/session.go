@@ -39,6 +39,12 @@ type dataDir struct {
 	// broker may have died mid-call).
 	needsLock bool
 
+	// freshRead: the next call reads the collection only after a fresh
+	// lock → unlock, whatever its sync downloaded. Set by a login and by a
+	// serve start: their first unlock runs syncs of bw's own (the key-id
+	// migration), after which bw serve can list an incomplete vault.
+	freshRead bool
+
 	colls map[string]string // organization id + "\x00" + collection name → id
 
 	serve       *serveProc // serve mode: the running bw serve, if any
@@ -57,6 +63,9 @@ type vault interface {
 	// (a revision check; a forced sync would be a login at the upstream)
 	// and leaves it unlocked and readable.
 	sync(ctx context.Context, password fetch.Secret) error
+	// refresh locks and unlocks again so that the next list reads the
+	// stored vault whole.
+	refresh(ctx context.Context, password fetch.Secret) error
 	collections(ctx context.Context, org string) ([]bwCollection, error)
 	items(ctx context.Context, org, coll string) ([]bwItem, error)
 	// lock locks the vault and verifies the lock; it reports whether the
@@ -212,6 +221,7 @@ func (b *Backend) ensureLogin(ctx context.Context, d *dataDir, v vault, t fetch.
 	}
 	d.state, d.loginFP = stateLoggedIn, fp
 	d.failErr = nil
+	d.freshRead = true
 	b.log.Info("bw logged in", "tenant", t.Name, "dir", d.name)
 	return nil
 }
@@ -233,7 +243,7 @@ func (b *Backend) readCollection(ctx context.Context, v vault, d *dataDir, t fet
 		}
 		d.colls[key] = id
 	}
-	items, err := v.items(ctx, t.OrganizationID, id)
+	items, err := b.listComplete(ctx, v, d, t, id)
 	if err != nil {
 		return nil, err
 	}
@@ -248,7 +258,7 @@ func (b *Backend) readCollection(ctx context.Context, v vault, d *dataDir, t fet
 		d.colls[key] = nid
 		if nid != id {
 			id = nid
-			if items, err = v.items(ctx, t.OrganizationID, id); err != nil {
+			if items, err = b.listComplete(ctx, v, d, t, id); err != nil {
 				return nil, err
 			}
 		}
@@ -261,6 +271,77 @@ func (b *Backend) readCollection(ctx context.Context, v vault, d *dataDir, t fet
 		b.log.Debug("bw items of other types ignored", "tenant", t.Name, "count", ignored)
 	}
 	return env, nil
+}
+
+// listComplete lists the collection's items and makes sure the list is
+// whole: bw can answer an empty or partial list (its decryption fails
+// silently while its state is being replaced, protocols §10). The list is
+// compared with the items bw stores for the collection in data.json
+// (counted without decrypting). A list with fewer, or an empty list when the
+// stored count cannot be told, is read again after a fresh unlock; if it is
+// still incomplete the call fails with KindUnavailable rather than serve a
+// partial env. An empty collection gives an empty list and passes.
+func (b *Backend) listComplete(ctx context.Context, v vault, d *dataDir, t fetch.Tenant, id string) ([]bwItem, error) {
+	org := t.OrganizationID
+	items, err := v.items(ctx, org, id)
+	if err != nil {
+		return nil, err
+	}
+	listed := countInCollection(items, org, id)
+	stored, known := storedCount(d, org, id)
+	if !listSuspect(listed, stored, known) {
+		return items, nil
+	}
+	b.nRereads.Add(1)
+	b.log.Warn("bw listed an incomplete collection; reading it again after a fresh unlock",
+		"tenant", t.Name, "dir", d.name, "listed", listed, "stored", storedAttr(stored, known))
+	if err := v.refresh(ctx, t.Password); err != nil {
+		return nil, err
+	}
+	if items, err = v.items(ctx, org, id); err != nil {
+		return nil, err
+	}
+	listed = countInCollection(items, org, id)
+	stored, known = storedCount(d, org, id)
+	if !listIncomplete(listed, stored, known, countInOrg(items, org)) {
+		return items, nil
+	}
+	b.nIncomplete.Add(1)
+	b.log.Error("bw listed an incomplete collection again after a fresh unlock; not serving it",
+		"tenant", t.Name, "dir", d.name, "listed", listed, "stored", storedAttr(stored, known))
+	return nil, fetch.NewError(fetch.KindUnavailable, t.Name, "the bw CLI returned an incomplete vault; retry",
+		fmt.Errorf("bw list items: %d of the collection's items listed, %s stored", listed, storedAttr(stored, known)))
+}
+
+// listSuspect reports whether a first list of a collection must be read
+// again: it holds fewer items than bw stores for the collection, or, when
+// the stored count is unknown, none.
+func listSuspect(listed, stored int, known bool) bool {
+	if known {
+		return listed < stored
+	}
+	return listed == 0
+}
+
+// listIncomplete judges a list read after a fresh unlock: fewer items than
+// bw stores is incomplete; with the stored count unknown, an empty list is
+// trusted only when the answer still held other items of the organization
+// (bw decrypted the vault; the collection is empty). bw's list filter
+// matches the organization or the collection, so the answer holds the
+// whole organization.
+func listIncomplete(listed, stored int, known bool, inOrg int) bool {
+	if known {
+		return listed < stored
+	}
+	return listed == 0 && inOrg == 0
+}
+
+// storedAttr is a stored count for logs and errors.
+func storedAttr(stored int, known bool) string {
+	if !known {
+		return "unknown"
+	}
+	return fmt.Sprint(stored)
 }
 
 // resolveCollection returns the id of the organization's collection name.
