@@ -16,6 +16,9 @@ type execVault struct {
 	b   *Backend
 	d   *dataDir
 	key string // session key of this call's unlock
+	// faulted: a step of this call failed or was killed; its lock is then
+	// verified by bw itself with the session key, not just from data.json.
+	faulted bool
 }
 
 func (v *execVault) session() []string { return []string{"BW_SESSION=" + v.key} }
@@ -49,6 +52,7 @@ func (v *execVault) unlock(ctx context.Context, password fetch.Secret) error {
 		}
 	}
 	if err != nil {
+		v.faulted = true
 		return err
 	}
 	if v.key == "" {
@@ -101,8 +105,10 @@ func (v *execVault) items(ctx context.Context, org, coll string) ([]bwItem, erro
 	return items, nil
 }
 
-// lock runs `bw lock`, then `bw status` with this call's session key: the
-// key must be refused (plain status says "locked" even while a key works).
+// lock runs `bw lock`, then checks that it took: normally from data.json
+// (no session-wrapped user key left), and after a failed unlock with `bw
+// status` and this call's session key, which must be refused (plain status
+// says "locked" even while a key works).
 func (v *execVault) lock(ctx context.Context) (bool, error) {
 	if !v.d.needsLock && v.key == "" {
 		return false, nil
@@ -111,6 +117,18 @@ func (v *execVault) lock(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	if v.key != "" {
+		// bw keeps the unlocked user key, wrapped by the session key, in
+		// data.json under a __PROTECTED__ entry that unlock writes and lock
+		// removes; without it the session key opens nothing. Reading that
+		// saves a bw process per call. After a failed or killed step, or
+		// when data.json cannot be read, bw itself is asked with the key.
+		if m := readState(v.d); m != nil && !v.faulted {
+			if hasProtectedKey(m) {
+				return true, nil
+			}
+			v.d.needsLock = false
+			return false, nil
+		}
 		resp, err := v.b.run(ctx, v.d, "status", v.session(), "status")
 		if err != nil {
 			return false, err

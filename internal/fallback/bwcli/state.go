@@ -153,3 +153,15 @@ func countStored(m map[string]json.RawMessage, org, coll string) (n int, ok bool
 func isNull(v json.RawMessage) bool {
 	return len(v) == 0 || string(v) == "null"
 }
+
+// hasProtectedKey reports whether bw's state holds a session-wrapped user
+// key (a "__PROTECTED__" entry), which exists from an unlock until the next
+// lock: the vault is unlocked for whoever has the session key.
+func hasProtectedKey(m map[string]json.RawMessage) bool {
+	for k := range m {
+		if strings.HasPrefix(k, "__PROTECTED__") {
+			return true
+		}
+	}
+	return false
+}

@@ -2,6 +2,7 @@ package bwcli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -445,5 +446,24 @@ func TestRunKillsProcessGroup(t *testing.T) {
 	}
 	if left := bwProcesses(dir); len(left) > 0 {
 		t.Errorf("processes left: %v", left)
+	}
+}
+
+func TestHasProtectedKey(t *testing.T) {
+	for _, tt := range []struct {
+		keys []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"global_account_activeAccountId", "user_x_ciphers_ciphers"}, false},
+		{[]string{"user_x_ciphers_ciphers", "__PROTECTED__user_x_user_auto"}, true},
+	} {
+		m := map[string]json.RawMessage{}
+		for _, k := range tt.keys {
+			m[k] = json.RawMessage(`"v"`)
+		}
+		if got := hasProtectedKey(m); got != tt.want {
+			t.Errorf("hasProtectedKey(%v) = %v, want %v", tt.keys, got, tt.want)
+		}
 	}
 }
