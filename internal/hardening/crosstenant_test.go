@@ -171,7 +171,9 @@ func TestCrossTenant(t *testing.T) {
 			// Trailing whitespace is not part of a header value (RFC 9110
 			// 5.5): the server sees the token itself.
 			{"padded-space", bearer(acmeTok + " "), "/v1/tenants/acme/env", 200},
-			{"leading-space", bearer(" " + acmeTok), "/v1/tenants/acme/env", 401},
+			// RFC 9110 allows one or more spaces after the scheme.
+			{"leading-space", bearer(" " + acmeTok), "/v1/tenants/acme/env", 200},
+			{"leading-tab", bearer("\t" + acmeTok), "/v1/tenants/acme/env", 401},
 			{"tampered", bearer(string(tamper)), "/v1/tenants/acme/env", 401},
 			{"upper-cased", bearer(strings.ToUpper(acmeTok)), "/v1/tenants/acme/env", 401},
 			{"prefix-only", bearer("brk_"), "/v1/tenants/acme/env", 401},
