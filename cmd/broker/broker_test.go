@@ -17,6 +17,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/hostd/broker/internal/testutil"
 	"io"
 	"net"
 	"net/http"
@@ -239,22 +240,6 @@ func subprocEnv(ts *testscript.TestScript) []string {
 
 // ---- demo and policy ----
 
-// bwPath finds the real bw CLI: BROKER_BW, else the pinned one in tools/bw.
-func bwPath() (string, error) {
-	if p := os.Getenv("BROKER_BW"); p != "" {
-		return p, nil
-	}
-	wd, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	p := filepath.Join(wd, "..", "..", "tools", "bw", "node_modules", ".bin", "bw")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("the bw CLI is not installed at %s; run make tools (or set BROKER_BW)", p)
-	}
-	return filepath.Abs(p)
-}
-
 // demo [-fallback] [-ttl DUR] [-bwmode MODE]
 //
 // Starts the demo upstreams in $WORK/demo and exports POLICY, ENVFILE,
@@ -274,7 +259,7 @@ func cmdDemo(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	opts := demo.Options{Dir: ts.MkAbs("demo"), Fallback: *fallback, BWMode: *bwMode, KDFIterations: 5000}
 	if *fallback {
-		bw, err := bwPath()
+		bw, err := testutil.FindBW()
 		if err != nil {
 			ts.Fatalf("%v", err)
 		}

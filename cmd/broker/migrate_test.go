@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/hostd/broker/internal/testutil"
 	"io"
 	"log/slog"
 	"maps"
@@ -13,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -39,48 +39,12 @@ var migrateHard = map[string]string{
 	"NOTE_KEY":  "a secure note\nwith lines\n",
 }
 
-// syncBuffer is a bytes.Buffer safe for the serve goroutine and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// moduleRoot finds the directory holding go.mod.
-func moduleRoot(t *testing.T) string {
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found")
-		}
-		dir = parent
-	}
-}
-
 // useRealBW points BROKER_BW at the real bw CLI.
 func useRealBW(t *testing.T) {
 	if p := os.Getenv("BROKER_BW"); p != "" {
 		return
 	}
-	p := filepath.Join(moduleRoot(t), "tools", "bw", "node_modules", ".bin", "bw")
+	p := filepath.Join(testutil.ModuleRootT(t), "tools", "bw", "node_modules", ".bin", "bw")
 	if _, err := os.Stat(p); err != nil {
 		t.Fatalf("the real bw CLI is not at %s: run make tools (or set BROKER_BW)", p)
 	}
@@ -215,7 +179,7 @@ type cliResult struct {
 // secret.
 func (w *migrateWorld) runCLI(t *testing.T, args ...string) cliResult {
 	t.Helper()
-	var out, errb syncBuffer
+	var out, errb testutil.SyncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -415,7 +379,7 @@ type runningBroker struct {
 	sock, token string
 	cancel      context.CancelFunc
 	done        chan int
-	logs        *syncBuffer
+	logs        *testutil.SyncBuffer
 	client      *server.Client
 }
 
@@ -425,7 +389,7 @@ func (w *migrateWorld) startServe(t *testing.T) *runningBroker {
 	if r.code != 0 {
 		t.Fatalf("token mint: exit %d: %s", r.code, r.stderr)
 	}
-	b := &runningBroker{sock: filepath.Join(w.dir, "broker.sock"), token: strings.TrimSpace(r.stdout), done: make(chan int, 1), logs: &syncBuffer{}}
+	b := &runningBroker{sock: filepath.Join(w.dir, "broker.sock"), token: strings.TrimSpace(r.stdout), done: make(chan int, 1), logs: &testutil.SyncBuffer{}}
 	w.secrets = append(w.secrets, b.token)
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"github.com/hostd/broker/internal/testutil"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,7 +40,7 @@ func statusFiles(t *testing.T, env string) []string {
 
 func runStatusCLI(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	var out, errb syncBuffer
+	var out, errb testutil.SyncBuffer
 	code := run(context.Background(), append([]string{"status"}, args...), strings.NewReader(""), &out, &errb)
 	return code, out.String(), errb.String()
 }
@@ -122,7 +123,7 @@ func TestStatusAndMigrateUsage(t *testing.T) {
 		{"migrate dry-run and write-policy", append([]string{"migrate", "--tenant", "globex", "--project", "p", "--dry-run", "--write-policy"}, files...)},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			var out, errb syncBuffer
+			var out, errb testutil.SyncBuffer
 			code := run(context.Background(), c.args, strings.NewReader(""), &out, &errb)
 			if code != exitUsage {
 				t.Errorf("exit %d, want %d; stderr:\n%s", code, exitUsage, errb.String())
@@ -140,7 +141,7 @@ func TestStatusAndMigrateUsage(t *testing.T) {
 func TestMigrateRefusesWithoutTokens(t *testing.T) {
 	t.Setenv(envMigrationToken, "")
 	files := statusFiles(t, "BW_CLIENTID=user.x\nBW_CLIENTSECRET=c\nBW_PASSWORD=p\n")
-	var out, errb syncBuffer
+	var out, errb testutil.SyncBuffer
 	code := run(context.Background(), append([]string{"migrate", "--tenant", "globex",
 		"--project", "55555555-5555-5555-5555-555555555555"}, files...), strings.NewReader(""), &out, &errb)
 	if code != exitFailure || !strings.Contains(errb.String(), "no BROKER_MIGRATION_TOKEN") {

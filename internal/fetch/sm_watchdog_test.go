@@ -1,8 +1,8 @@
 package fetch
 
 import (
-	"bytes"
 	"context"
+	"github.com/hostd/broker/internal/testutil"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -15,24 +15,6 @@ import (
 
 // testCallLimit replaces smCallLimit in these tests.
 const testCallLimit = 200 * time.Millisecond
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // eventually polls cond every few milliseconds for up to 10 s.
 func eventually(t *testing.T, what string, cond func() bool) {
@@ -63,7 +45,7 @@ func TestHungCallIsAbandoned(t *testing.T) {
 	u.add(testProjectA, "K", "v")
 	s := newFakeSM(t, u, SMConfig{MaxConcurrent: 1})
 	s.callLimit = testCallLimit
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	s.log = slog.New(slog.NewTextHandler(logs, nil))
 	ten := smTenant("acme", 1, testProjectA)
 	if _, err := s.Fetch(context.Background(), ten); err != nil {

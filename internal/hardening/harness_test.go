@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/hostd/broker/internal/testutil"
 	"io"
 	"net"
 	"net/http"
@@ -41,7 +42,7 @@ func TestMain(m *testing.M) {
 }
 
 func setupAndRun(m *testing.M) (int, error) {
-	root, err := findModuleRoot()
+	root, err := testutil.ModuleRoot()
 	if err != nil {
 		return 0, err
 	}
@@ -85,23 +86,6 @@ func goTool() string {
 		return p
 	}
 	return filepath.Join(runtime.GOROOT(), "bin", "go")
-}
-
-func findModuleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("go.mod not found above the test's directory")
-		}
-		dir = parent
-	}
 }
 
 // ---- leak recorder ----
@@ -422,28 +406,11 @@ type brokerProc struct {
 	t      *testing.T
 	site   *site
 	cmd    *exec.Cmd
-	stderr *syncBuffer
-	stdout *syncBuffer
+	stderr *testutil.SyncBuffer
+	stdout *testutil.SyncBuffer
 	done   chan struct{}
 	hc     *http.Client
 	once   sync.Once
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]byte(nil), s.b.Bytes()...)
 }
 
 // startBroker starts `broker serve` on s and waits until it answers.
@@ -452,13 +419,11 @@ func startBroker(t *testing.T, s *site, extraEnv []string, attr *syscall.SysProc
 	cmd := exec.Command(brokerBin, "serve", "--policy", s.policy, "--env-file", s.envFile,
 		"--state-dir", s.stateDir, "--listen", "unix:"+s.sock, "--log-format", "json")
 	cmd.Env = append(baseEnv(), extraEnv...)
-	if bw := os.Getenv("BROKER_BW"); bw != "" {
+	if bw, err := testutil.FindBW(); err == nil {
 		cmd.Env = append(cmd.Env, "BROKER_BW="+bw)
-	} else {
-		cmd.Env = append(cmd.Env, "BROKER_BW="+filepath.Join(moduleRoot, "tools/bw/node_modules/.bin/bw"))
 	}
 	cmd.SysProcAttr = attr
-	b := &brokerProc{t: t, site: s, cmd: cmd, stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan struct{})}
+	b := &brokerProc{t: t, site: s, cmd: cmd, stderr: &testutil.SyncBuffer{}, stdout: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = b.stdout, b.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start broker serve: %v", err)

@@ -24,7 +24,7 @@
 //
 // The contract is godotenv's reading: other dotenv readers (docker compose,
 // python-dotenv, a shell) treat some of these escapes differently.
-// Do not use godotenv.Marshal: it writes integer-looking values bare, so
+// Do not use godotenv's Marshal: it writes integer-looking values bare, so
 // "007" comes back as "7".
 //
 // # Shell

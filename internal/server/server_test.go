@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"github.com/hostd/broker/internal/testutil"
 	"io"
 	"log/slog"
 	"net"
@@ -58,26 +59,9 @@ type testBroker struct {
 	backend *envBackend
 	client  *Client
 	sock    string
-	logs    *syncBuffer
+	logs    *testutil.SyncBuffer
 	tokens  map[string]string // name → token
 	store   *scope.TokenStore
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 const (
@@ -103,7 +87,7 @@ func testPolicy(t *testing.T) *scope.Policy {
 
 func newTestBroker(t *testing.T) *testBroker {
 	t.Helper()
-	tb := &testBroker{backend: &envBackend{}, logs: &syncBuffer{}, tokens: map[string]string{}}
+	tb := &testBroker{backend: &envBackend{}, logs: &testutil.SyncBuffer{}, tokens: map[string]string{}}
 	pol := testPolicy(t)
 	tenants, missing := BuildTenants(pol, map[string]string{"TOK_ACME": "a", "TOK_GLOBEX": "g", "TOK_INITECH": "i"})
 	tb.store = scope.NewTokenStore()

@@ -3,6 +3,7 @@ package bwcli
 import (
 	"context"
 	"errors"
+	"github.com/hostd/broker/internal/testutil"
 	"maps"
 	"os"
 	"os/exec"
@@ -550,7 +551,7 @@ func TestKilledUnlockIsLocked(t *testing.T) {
 	if err := os.Symlink(self, fake); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, fakeRealFile), []byte(realBW(t)), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, fakeRealFile), []byte(testutil.BW(t)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	h := newHarness(t, ModeExec, func(c *Config) {

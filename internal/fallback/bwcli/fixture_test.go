@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/hostd/broker/internal/testutil"
 	"io"
 	"log/slog"
 	"net"
@@ -52,42 +53,12 @@ type world struct {
 	acmeItems      map[string]string
 }
 
-// moduleRoot finds the directory holding go.mod.
-func moduleRoot(t testing.TB) string {
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found")
-		}
-		dir = parent
-	}
-}
-
-// realBW returns the real bw: BROKER_BW or <module root>/tools/bw.
-func realBW(t testing.TB) string {
-	if p := os.Getenv("BROKER_BW"); p != "" {
-		return p
-	}
-	p := filepath.Join(moduleRoot(t), "tools", "bw", "node_modules", ".bin", "bw")
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("real bw not found at %s: run `make tools` (npm ci --prefix tools/bw) or set BROKER_BW", p)
-	}
-	return p
-}
-
 // newWorld starts an upstream of the test's own (tests that stop it or
 // inject faults run in parallel with others), seeded with two users of one
 // organization and two collections.
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	bw := realBW(t)
+	bw := testutil.BW(t)
 	srv, err := vwserver.New(vwserver.Options{KDFIterations: vwserver.MinKDFIterations})
 	if err != nil {
 		t.Fatal(err)

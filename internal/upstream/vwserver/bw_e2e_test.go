@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/hostd/broker/internal/testutil"
 	"io"
 	"net"
 	"net/http"
@@ -22,33 +23,6 @@ import (
 
 // bwStepTimeout bounds one bw process.
 const bwStepTimeout = 60 * time.Second
-
-// bwBinary finds the real bw: $BROKER_BW, else the project-local install.
-func bwBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("BROKER_BW"); p != "" {
-		return p
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("module root not found above the test directory")
-		}
-		dir = parent
-	}
-	p := filepath.Join(dir, "tools", "bw", "node_modules", ".bin", "bw")
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("the real bw CLI is missing at %s: run make tools (or set BROKER_BW)", p)
-	}
-	return p
-}
 
 // bwDir is one private bw app-data dir ("device") against a server.
 type bwDir struct {
@@ -246,7 +220,7 @@ func (v *vault) checkItems(t *testing.T, raw []byte, override map[string]string)
 // TestBWCLI drives the real bw, one process per step, through the whole
 // flow the fallback uses, with the failure cases.
 func TestBWCLI(t *testing.T) {
-	bin := bwBinary(t)
+	bin := testutil.BW(t)
 	v := seedVault(t)
 	s := v.s
 	b := newBWDir(t, s, bin)
@@ -331,7 +305,7 @@ func TestBWCLI(t *testing.T) {
 // TestBWServe drives `bw serve` on a Unix socket, the fallback's default
 // mode, and records the shape of its /status answers.
 func TestBWServe(t *testing.T) {
-	bin := bwBinary(t)
+	bin := testutil.BW(t)
 	v := seedVault(t)
 	s := v.s
 	b := newBWDir(t, s, bin)
