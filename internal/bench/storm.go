@@ -23,15 +23,19 @@ import (
 
 // StormReport is scenario 3.
 type StormReport struct {
-	Tenants             int
-	Load                LoadResult
-	Logins, Requests    int64   // at the upstream
-	PeakPerSecond       int64   // most upstream calls in any 1 s window
-	PeakPer5Seconds     int64   // most upstream calls in any 5 s window
-	MeanRate            float64 // upstream calls per second over the storm
-	RatePerSec          float64 // the limiter's default rate
-	Burst               int
-	LimiterBoundSeconds float64 // (calls - burst) / rate: the least time the limiter allows
+	Tenants          int
+	Load             LoadResult
+	Logins, Requests int64 // at the upstream
+	PeakPerSecond    int64 // most upstream calls in any 1 s window
+	PeakPer5Seconds  int64 // most upstream calls in any 5 s window
+	// The same peaks per rate budget: the broker limits identity logins
+	// and API calls apart, each to RatePerSec with Burst.
+	PeakLoginsPerSecond, PeakLoginsPer5Seconds int64
+	PeakAPIPerSecond, PeakAPIPer5Seconds       int64
+	MeanRate                                   float64 // upstream calls per second over the storm
+	RatePerSec                                 float64 // the limiter's default rate
+	Burst                                      int
+	LimiterBoundSeconds                        float64 // max over the budgets of (calls - burst) / rate: the least time the limiters allow
 	// PredecessorPerCallMS is the median shell-helper call of this run.
 	PredecessorPerCallMS float64
 }
@@ -126,21 +130,26 @@ func (s *suite) stormScenario(ctx context.Context) error {
 	sm.ResetStats()
 	total := func() int64 { st := sm.Stats(); return st.Logins + st.Requests }
 	sp := startSampler(25*time.Millisecond, total)
+	spLogin := startSampler(25*time.Millisecond, func() int64 { return sm.Stats().Logins })
+	spAPI := startSampler(25*time.Millisecond, func() int64 { return sm.Stats().Requests })
 	n := strconv.Itoa(cfg.StormTenants)
 	r, err := s.load(ctx, files.Token(), "--socket", files.Socket, "--tenants-file", list, "--callers", n,
 		"--requests", n, "--warmup=false", "--retries", "3", "--max-time", "4m")
 	peaks := sp.finish(time.Second, 5*time.Second)
 	peak, peak5 := peaks[0], peaks[1]
+	lp := spLogin.finish(time.Second, 5*time.Second)
+	ap := spAPI.finish(time.Second, 5*time.Second)
 	if err != nil {
 		return err
 	}
 	st := sm.Stats()
 	rep := &StormReport{Tenants: cfg.StormTenants, Load: r, Logins: st.Logins, Requests: st.Requests, PeakPerSecond: peak, PeakPer5Seconds: peak5,
-		RatePerSec: fetch.DefaultSMRatePerSec, Burst: fetch.DefaultSMBurst}
+		RatePerSec: fetch.DefaultSMRatePerSec, Burst: fetch.DefaultSMBurst,
+		PeakLoginsPerSecond: lp[0], PeakLoginsPer5Seconds: lp[1], PeakAPIPerSecond: ap[0], PeakAPIPer5Seconds: ap[1]}
 	if r.ElapsedMS > 0 {
 		rep.MeanRate = float64(st.Logins+st.Requests) / (r.ElapsedMS / 1000)
 	}
-	rep.LimiterBoundSeconds = float64(st.Logins+st.Requests-int64(rep.Burst)) / rep.RatePerSec
+	rep.LimiterBoundSeconds = float64(max(st.Logins, st.Requests)-int64(rep.Burst)) / rep.RatePerSec
 	if fb := s.rep.Fallback; fb != nil && len(fb.Helper) > 0 {
 		rep.PredecessorPerCallMS = Median(fb.Helper)
 	}
