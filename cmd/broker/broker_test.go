@@ -40,7 +40,6 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/hostd/broker/internal/demo"
-	"github.com/hostd/broker/internal/fetch"
 	"github.com/hostd/broker/internal/server"
 	"github.com/hostd/broker/internal/upstream/smserver"
 )
@@ -177,14 +176,6 @@ func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir:                 "testdata",
 		RequireExplicitExec: true,
-		Condition: func(cond string) (bool, error) {
-			switch cond {
-			case "sm":
-				// The Secrets Manager SDK is in this build (cgo).
-				return fetch.SMSupported(), nil
-			}
-			return false, fmt.Errorf("unknown condition %q", cond)
-		},
 		Setup: func(env *testscript.Env) error {
 			env.Values[stateKey{}] = &scriptState{bg: map[string]*bgProc{}}
 			env.Setenv(captureEnv, captureDir())

@@ -23,7 +23,6 @@ import (
 	"github.com/joho/godotenv"
 
 	"github.com/hostd/broker/internal/demo"
-	"github.com/hostd/broker/internal/fetch"
 	"github.com/hostd/broker/internal/server"
 	"github.com/hostd/broker/internal/upstream/smserver"
 )
@@ -41,9 +40,6 @@ type e2eBroker struct {
 // `broker serve` (this test binary, run as the broker).
 func startE2E(t *testing.T, tenants ...string) *e2eBroker {
 	t.Helper()
-	if !fetch.SMSupported() {
-		t.Skip("this build has no Secrets Manager SDK (cgo is off); the Secrets Manager tenants cannot be served")
-	}
 	bin := brokerForGoTests(t)
 	dir := t.TempDir()
 	d, err := demo.Start(demo.Options{Dir: filepath.Join(dir, "demo")})

@@ -302,10 +302,6 @@ func openFallback(pol *scope.Policy, stateDir string, logger *slog.Logger) (*bwc
 // openCLISM builds the Secrets Manager backend for a CLI command, with its
 // SDK state files in state-dir/cli/sm.
 func openCLISM(pol *scope.Policy, stateDir string, logger *slog.Logger) (*fetch.SM, error) {
-	if !fetch.SMSupported() {
-		return nil, withCode(exitFailure, errors.New("this broker was built without the Secrets Manager SDK"),
-			"rebuild with CGO_ENABLED=1 and a C compiler")
-	}
 	dir, err := cliStateDir(stateDir)
 	if err != nil {
 		return nil, err
