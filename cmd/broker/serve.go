@@ -254,15 +254,18 @@ func (b *broker) reload(reason string) {
 
 // refreshTokens reloads the token store if it changed since it was last
 // loaded, so that a token minted a moment ago works at once rather than
-// after the next poll. It returns the new store, or nil if nothing changed
-// or the store does not load (the watcher then fails closed).
+// after the next poll. It returns the installed store (new or not), or nil
+// if the changed store does not load (the watcher then fails closed).
 func (b *broker) refreshTokens() *scope.TokenStore {
 	b.cfgMu.Lock()
 	defer b.cfgMu.Unlock()
 	tf := state.OpenTokenFile(b.files.stateDir)
 	st, err := tf.Stamp()
 	if err != nil || st == b.tokStamp {
-		return nil
+		// Unchanged since the last load; but that load may have happened
+		// after the caller read its configuration (another request's
+		// refresh, or the watcher): hand back what is installed now.
+		return b.srv.Config().Tokens
 	}
 	tokens, err := tf.Load()
 	if err != nil {
@@ -299,6 +302,9 @@ func (b *broker) serve(ctx context.Context, spec server.ListenSpec, mode os.File
 }
 
 func (b *broker) close() {
+	// Wait for a reload in progress, so that no backend it opens is missed.
+	b.cfgMu.Lock()
+	defer b.cfgMu.Unlock()
 	if b.cancel != nil {
 		b.cancel()
 	}

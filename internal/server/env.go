@@ -109,7 +109,7 @@ func (s *Server) serveTenantEnv(w http.ResponseWriter, r *http.Request, a *audit
 	}
 	rec, err := cfg.Tokens.Verify(tok, s.opts.Now())
 	if err != nil && s.opts.RefreshTokens != nil {
-		if fresh := s.opts.RefreshTokens(); fresh != nil {
+		if fresh := s.opts.RefreshTokens(); fresh != nil && fresh != cfg.Tokens {
 			rec, err = fresh.Verify(tok, s.opts.Now())
 			cfg = s.cfg.Load()
 		}

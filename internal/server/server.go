@@ -59,10 +59,10 @@ type Options struct {
 	// a configured tenant (not the unauthorized, denied or malformed ones),
 	// for `broker status`. It must not block.
 	OnFetch func(tenant, outcome, source string, at time.Time)
-	// RefreshTokens, when set, is asked after a token fails to verify: if
-	// the token store changed since it was last loaded it returns the new
-	// store (already installed with SetConfig), else nil. It closes the gap
-	// between 'broker token mint' and the next reload poll.
+	// RefreshTokens, when set, is asked after a token fails to verify: it
+	// reloads the token store if its file changed since it was last loaded
+	// and returns the installed store (already set with SetConfig), or nil.
+	// It closes the gap between 'broker token mint' and the next poll.
 	RefreshTokens func() *scope.TokenStore
 }
 
@@ -143,7 +143,8 @@ func peerOf(r *http.Request) *connInfo {
 	if info, ok := r.Context().Value(ctxKey{}).(*connInfo); ok {
 		return info
 	}
-	return &connInfo{}
+	// Unknown connection (no ConnContext): assume the stricter network case.
+	return &connInfo{network: true}
 }
 
 // ServeHTTP implements http.Handler: the origin and host checks, then the

@@ -598,3 +598,48 @@ func TestBearerSchemeCaseInsensitive(t *testing.T) {
 		}
 	}
 }
+
+// TestRefreshTokensOnMiss: a token that is not in the store the request
+// started with, but is in the store installed since (a token minted a
+// moment ago, picked up by this or a concurrent request), is accepted; a
+// refresh that finds nothing new keeps the 401.
+func TestRefreshTokensOnMiss(t *testing.T) {
+	tb := newTestBroker(t)
+	old := tb.srv.Config()
+	tok, id, hash, err := scope.MintToken(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := scope.NewTokenStore()
+	for _, r := range old.Tokens.Tokens {
+		if err := next.Add(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := next.Add(scope.TokenRecord{ID: id, Hash: hash, Tenants: []string{"acme"}, Created: time.Now().UTC().Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	refreshes := 0
+	tb.srv.opts.RefreshTokens = func() *scope.TokenStore {
+		refreshes++
+		return tb.srv.Config().Tokens // nothing new yet
+	}
+	if status, _, _ := tb.raw(t, "GET", "/v1/tenants/acme/env", bearer(tok.Reveal())); status != 401 || refreshes != 1 {
+		t.Fatalf("unknown token: status %d after %d refreshes, want 401 after 1", status, refreshes)
+	}
+	tb.srv.opts.RefreshTokens = func() *scope.TokenStore {
+		refreshes++
+		cfg := *tb.srv.Config()
+		cfg.Tokens = next
+		tb.srv.SetConfig(&cfg)
+		return tb.srv.Config().Tokens
+	}
+	if status, body, _ := tb.raw(t, "GET", "/v1/tenants/acme/env", bearer(tok.Reveal())); status != 200 {
+		t.Fatalf("token in the newly installed store: %d %q, want 200", status, body)
+	}
+	// A good token never triggers a refresh.
+	before := refreshes
+	if status, _, _ := tb.raw(t, "GET", "/v1/tenants/acme/env", bearer(tb.tokens["acme"])); status != 200 || refreshes != before {
+		t.Fatalf("good token: status %d, refreshes %d → %d", status, before, refreshes)
+	}
+}

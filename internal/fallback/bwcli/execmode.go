@@ -16,8 +16,9 @@ type execVault struct {
 	b   *Backend
 	d   *dataDir
 	key string // session key of this call's unlock
-	// faulted: a step of this call failed or was killed; its lock is then
-	// verified by bw itself with the session key, not just from data.json.
+	// faulted: the unlock failed or was killed, or it left no
+	// __PROTECTED__ entry in data.json (another bw layout); the lock is then
+	// verified by bw itself with the session key, not from data.json.
 	faulted bool
 }
 
@@ -57,6 +58,10 @@ func (v *execVault) unlock(ctx context.Context, password fetch.Secret) error {
 	}
 	if v.key == "" {
 		return &stepError{step: "unlock", reason: reasonOutput, exit: 0}
+	}
+	if m := readState(v.d); m == nil || !hasProtectedKey(m) {
+		// The data.json check after the lock would prove nothing.
+		v.faulted = true
 	}
 	return nil
 }
@@ -120,8 +125,9 @@ func (v *execVault) lock(ctx context.Context) (bool, error) {
 		// bw keeps the unlocked user key, wrapped by the session key, in
 		// data.json under a __PROTECTED__ entry that unlock writes and lock
 		// removes; without it the session key opens nothing. Reading that
-		// saves a bw process per call. After a failed or killed step, or
-		// when data.json cannot be read, bw itself is asked with the key.
+		// saves a bw process per call. After a failed or killed unlock, an
+		// unlock that left no such entry, or when data.json cannot be read,
+		// bw itself is asked with the key.
 		if m := readState(v.d); m != nil && !v.faulted {
 			if hasProtectedKey(m) {
 				return true, nil
