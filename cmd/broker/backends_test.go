@@ -14,7 +14,9 @@ import (
 
 type okBackend struct{}
 
-func (okBackend) Fetch(context.Context, fetch.Tenant) (fetch.Env, error) { return fetch.Env{"K": "v"}, nil }
+func (okBackend) Fetch(context.Context, fetch.Tenant) (fetch.Env, error) {
+	return fetch.Env{"K": "v"}, nil
+}
 
 // TestGateHoldsUntilReady: a replacement bw backend is not called before the
 // one it replaces has closed; a caller whose deadline passes first gets a
