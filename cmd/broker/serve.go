@@ -155,7 +155,7 @@ func openBroker(ctx context.Context, logger *slog.Logger, ff fileFlags) (*broker
 	cfg := b.buildConfig(pol, envVars, tokens, resolver)
 	b.last = lastfetch.NewRecorder(ff.stateDir, logger)
 	b.srv = server.New(server.Options{Logger: logger, Audit: logger, Metrics: b.metrics, OnFetch: b.last.Record, RefreshTokens: b.refreshTokens}, cfg)
-	b.registerMetrics(resolver)
+	b.registerMetrics()
 	return b, nil
 }
 
@@ -168,7 +168,7 @@ func (b *broker) buildConfig(pol *scope.Policy, envVars map[string]string, token
 	return &server.Config{Policy: pol, Tenants: tenants, Missing: missing, Tokens: tokens, Resolver: r}
 }
 
-func (b *broker) registerMetrics(r *fetch.Resolver) {
+func (b *broker) registerMetrics() {
 	m := b.metrics
 	m.GaugeFunc("broker_cache_entries", "Tenant envs in the cache.", func() float64 {
 		_, _, n := b.srv.Config().Resolver.CacheStats()
