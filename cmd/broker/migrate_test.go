@@ -209,8 +209,8 @@ func TestMigrateEndToEnd(t *testing.T) {
 		t.Errorf("status before: %d of %d use the master password, want 1 of 2", rep.Summary.MasterPassword, rep.Summary.Tenants)
 	}
 	for _, ts := range rep.Tenants {
-		if ts.Upstream != checkOK || ts.Credentials != "present" {
-			t.Errorf("status before: tenant %s upstream %q credentials %q (%s), want ok and present", ts.Tenant, ts.Upstream, ts.Credentials, ts.Error)
+		if ts.Upstream != checkOK || ts.Resolves != checkOK || ts.Credentials != "present" {
+			t.Errorf("status before: tenant %s upstream %q resolves %q credentials %q (%s), want ok, ok and present", ts.Tenant, ts.Upstream, ts.Resolves, ts.Credentials, ts.Error)
 		}
 		if want := ts.Tenant == "globex"; ts.MasterPassword != want {
 			t.Errorf("status before: tenant %s master_password %v, want %v", ts.Tenant, ts.MasterPassword, want)

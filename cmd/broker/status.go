@@ -43,8 +43,10 @@ type tenantStatus struct {
 	// Upstream is ok, failed or unchecked: the credentials were accepted by
 	// a login or unlock check that reads no values.
 	Upstream string `json:"upstream"`
-	// Resolves is ok, failed or unchecked (only --deep resolves the
-	// project or collection).
+	// Resolves is ok, failed or unchecked: the check resolved the tenant's
+	// Secrets Manager projects or bw collection (without reading values).
+	// It is unchecked with --offline, or when the upstream check failed
+	// before it got that far.
 	Resolves string `json:"resolves"`
 	// Keys is the number of keys found by --deep.
 	Keys *int `json:"keys,omitempty"`
@@ -84,7 +86,7 @@ func runStatus(ctx context.Context, c *cli, args []string) error {
 	var asJSON, offline, deep bool
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object (for machines)")
 	fs.BoolVar(&offline, "offline", false, "do not contact the upstreams (no credential check)")
-	fs.BoolVar(&deep, "deep", false, "also fetch each tenant's env to prove its project or collection resolves "+
+	fs.BoolVar(&deep, "deep", false, "also fetch each tenant's env and count its keys "+
 		"(values are read into memory and discarded; only the key count is shown)")
 	if err := parse(fs, args, false); err != nil {
 		return err
@@ -215,10 +217,14 @@ func checkTenants(ctx context.Context, c *cli, pol *scope.Policy, stateDir strin
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, statusCheckTimeout)
-		if err := b.Check(cctx, t); err != nil {
+		if err := b.Check(cctx, t); errors.Is(err, fetch.ErrNotResolved) {
+			// The credentials were accepted; the project or collection
+			// does not resolve.
+			r.Upstream, r.Resolves, r.Error = checkOK, checkFailed, checkError(err)
+		} else if err != nil {
 			r.Upstream, r.Error = checkFailed, checkError(err)
 		} else {
-			r.Upstream = checkOK
+			r.Upstream, r.Resolves = checkOK, checkOK
 			if deep {
 				env, err := b.Fetch(cctx, t)
 				if err != nil {

@@ -148,3 +148,41 @@ func TestMigrateRefusesWithoutTokens(t *testing.T) {
 		t.Errorf("migrate without a migration token: exit %d, stderr:\n%s", code, errb.String())
 	}
 }
+
+// TestStatusResolves: without --deep, status resolves each tenant's Secrets
+// Manager project and bw collection; one that the credentials cannot see is
+// "failed" in RESOLVES with the reason, while UPSTREAM stays ok.
+func TestStatusResolves(t *testing.T) {
+	w := newMigrateWorld(t)
+	raw, err := os.ReadFile(w.policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// acme's machine account cannot read globex's project; the vault has no
+	// collection "nope".
+	pol := strings.Replace(string(raw), w.acmeProject, w.project, 1)
+	pol = strings.Replace(pol, `"collection": "globex"`, `"collection": "nope"`, 1)
+	if pol == string(raw) || !strings.Contains(pol, `"nope"`) || !strings.Contains(pol, w.project) {
+		t.Fatalf("policy rewrite failed")
+	}
+	if err := os.WriteFile(w.policy, []byte(pol), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := w.runCLI(t, append([]string{"status", "--json"}, w.files()...)...)
+	if r.code != exitFailure {
+		t.Errorf("status: exit %d, want %d; stderr:\n%s", r.code, exitFailure, r.stderr)
+	}
+	rep := parseStatus(t, r.stdout)
+	wantIn := map[string]string{"acme": w.project, "globex": `"nope"`}
+	for _, ts := range rep.Tenants {
+		if ts.Upstream != checkOK || ts.Resolves != checkFailed {
+			t.Errorf("tenant %s: upstream %q resolves %q (%s), want %q and %q", ts.Tenant, ts.Upstream, ts.Resolves, ts.Error, checkOK, checkFailed)
+		}
+		if want := wantIn[ts.Tenant]; !strings.Contains(ts.Error, want) || !strings.HasPrefix(ts.Error, "config: ") {
+			t.Errorf("tenant %s: error %q, want a config error naming %s", ts.Tenant, ts.Error, want)
+		}
+	}
+	if rep.Summary.Unhealthy != 2 {
+		t.Errorf("unhealthy = %d, want 2", rep.Summary.Unhealthy)
+	}
+}

@@ -199,6 +199,11 @@ type smClient interface {
 	Sync(orgID string, lastSynced *time.Time) (changed bool, secrets []smSecret, err error)
 	// List returns the visible secrets of org, without values.
 	List(orgID string) ([]smSecretID, error)
+	// ProjectExists reports whether the project with this id is visible to
+	// the logged-in account (GET {api}/projects/{id}); it reads no secret.
+	// A 404 (the account cannot read it, or it does not exist) is false
+	// with a nil error.
+	ProjectExists(projectID string) (bool, error)
 	Create(orgID, projectID, key, value, note string) (smSecret, error)
 	Update(id, orgID, projectID, key, value, note string) (smSecret, error)
 	Delete(ids []string) error
@@ -488,8 +493,17 @@ func buildSMEnv(t Tenant, secrets []smSecret) (Env, error) {
 	return b.Env(), nil
 }
 
-// Check logs in with the tenant's access token and lists its organization's
-// secrets without reading any value: it tells whether the tenant would work.
+// ErrNotResolved is the cause of the KindConfig error a backend's Check
+// returns when the tenant's credentials were accepted but its project
+// (Secrets Manager) or collection (bw fallback) does not resolve: it does not
+// exist or the account cannot see it. Test with errors.Is.
+var ErrNotResolved = errors.New("does not resolve")
+
+// Check logs in with the tenant's access token, lists its organization's
+// secrets and checks that each of t.ProjectIDs is visible to the token's
+// machine account, without reading any value: it tells whether the tenant
+// would work. A project that does not resolve is a KindConfig error naming
+// it, with cause ErrNotResolved.
 func (s *SM) Check(ctx context.Context, t Tenant) error {
 	tok, err := s.checkTenant(t)
 	if err != nil {
@@ -511,6 +525,20 @@ func (s *SM) Check(ctx context.Context, t Tenant) error {
 	})
 	if err != nil {
 		return s.mapErr(t.Name, hint, err)
+	}
+	for _, p := range t.ProjectIDs {
+		var ok bool
+		err := s.do(ctx, e, s.limiter, opRead, nil, func(c smClient) error {
+			var err error
+			ok, err = c.ProjectExists(strings.ToLower(p))
+			return err
+		})
+		if err != nil {
+			return s.mapErr(t.Name, hint, err)
+		}
+		if !ok {
+			return NewError(KindConfig, t.Name, fmt.Sprintf("project %s is not visible to tenant %s's machine account; grant it read access or fix tenants.%s.project_ids", p, t.Name, t.Name), ErrNotResolved)
+		}
 	}
 	return nil
 }

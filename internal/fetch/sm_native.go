@@ -853,6 +853,44 @@ func (c *nativeClient) List(orgID string) ([]smSecretID, error) {
 	return out, nil
 }
 
+// ProjectExists implements smClient. Like the SDK it requires the
+// project's id, organization, name and dates, and decrypts the name (then
+// drops it): a project under another key fails as the SDK does.
+func (c *nativeClient) ProjectExists(projectID string) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id, ok := normUUID(projectID)
+	if !ok {
+		return false, errNativeInput
+	}
+	var m struct {
+		ID             *string `json:"id"`
+		OrganizationID *string `json:"organizationId"`
+		Name           *string `json:"name"`
+		CreationDate   *string `json:"creationDate"`
+		RevisionDate   *string `json:"revisionDate"`
+	}
+	if err := c.api(http.MethodGet, "/projects/"+pathID(id), nil, nil, &m); err != nil {
+		var he *smHTTPError
+		if errors.As(err, &he) && he.Status == http.StatusNotFound {
+			return false, nil
+		}
+		return false, err
+	}
+	if m.ID == nil || m.OrganizationID == nil || m.Name == nil || m.CreationDate == nil || m.RevisionDate == nil {
+		return false, errNativeMalformed
+	}
+	_, ok1 := normUUID(*m.ID)
+	_, ok2 := normUUID(*m.OrganizationID)
+	if !ok1 || !ok2 || !validDate(*m.CreationDate) || !validDate(*m.RevisionDate) {
+		return false, errNativeMalformed
+	}
+	if _, err := decryptText(c.orgKey, *m.Name); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
 // getByIDs returns the secrets with the given ids (POST /secrets/get-by-ids).
 // The backend does not need it (Sync returns everything in one request);
 // it completes the client and is checked against the SDK's GetByIDS.

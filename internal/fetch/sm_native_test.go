@@ -212,6 +212,51 @@ func TestSMRealFetch(t *testing.T) {
 	})
 }
 
+// TestSMRealCheckProjects: Check resolves every configured project through
+// GET /projects/{id}; one the machine account cannot read (404) is a config
+// error naming it.
+func TestSMRealCheckProjects(t *testing.T) {
+	const unknown = "0badc0de-0000-4000-8000-000000000000"
+	forKinds(t, func(t *testing.T, kind string) {
+		w := newSMWorld(t)
+		s := newSMFor(t, w, kind, SMConfig{})
+		withProjects := func(tn Tenant, ps ...string) Tenant { tn.ProjectIDs = ps; return tn }
+		tests := []struct {
+			name      string
+			tenant    Tenant
+			wantNamed string // "" means Check succeeds
+		}{
+			{"A reads its project", w.tenantA(), ""},
+			{"B reads its project", w.tenantB(), ""},
+			{"B reads both projects", withProjects(w.tenantB(), w.projA, w.projB), ""},
+			{"A cannot read project B", withProjects(w.tenantA(), w.projA, w.projB), w.projB},
+			{"upper-case id still resolves", withProjects(w.tenantA(), strings.ToUpper(w.projA)), ""},
+			{"unknown project", withProjects(w.tenantA(), unknown), unknown},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				err := s.Check(context.Background(), tt.tenant)
+				w.noLeak(t, err)
+				if tt.wantNamed == "" {
+					if err != nil {
+						t.Fatalf("Check = %v, want nil", err)
+					}
+					return
+				}
+				if got := KindOf(err); got != KindConfig || !errors.Is(err, ErrNotResolved) {
+					t.Fatalf("Check = %v (kind %v), want kind %v with cause ErrNotResolved", err, got, KindConfig)
+				}
+				wantIn := []string{tt.wantNamed, "tenants." + tt.tenant.Name + ".project_ids"}
+				for _, sub := range wantIn {
+					if !strings.Contains(err.Error(), sub) {
+						t.Errorf("Check error = %q, want it to contain %q", err, sub)
+					}
+				}
+			})
+		}
+	})
+}
+
 // syncRecorder records the hasChanges answers of the real SDK.
 type syncRecorder struct {
 	smClient

@@ -82,6 +82,20 @@ func (s *sdkClient) List(orgID string) ([]smSecretID, error) {
 	return out, nil
 }
 
+func (s *sdkClient) ProjectExists(projectID string) (bool, error) {
+	r, err := s.c.Projects().Get(projectID)
+	if err != nil {
+		if classifySDKError(err).class == classNotFound {
+			return false, nil
+		}
+		return false, err
+	}
+	if r == nil {
+		return false, errors.New("expected a project response")
+	}
+	return true, nil
+}
+
 func (s *sdkClient) Create(orgID, projectID, key, value, note string) (smSecret, error) {
 	r, err := s.c.Secrets().Create(key, value, note, orgID, []string{projectID})
 	if err != nil {

@@ -37,7 +37,7 @@ func testToken(n int) string {
 
 // fakeFail is a queued failure for the next call of op.
 type fakeFail struct {
-	op  string // "login", "sync", "list", "create", "update", "delete"
+	op  string // "login", "sync", "list", "project", "create", "update", "delete"
 	err error
 }
 
@@ -52,6 +52,7 @@ type fakeUpstream struct {
 
 	fails    []fakeFail
 	revoked  map[string]bool // tokens whose login fails
+	hidden   map[string]bool // project ids ProjectExists does not find
 	block    chan struct{}   // when set, Sync waits for it to be closed
 	entered  chan struct{}   // when set, Sync signals it got the call
 	syncLast []*time.Time    // lastSynced arguments, in order
@@ -59,11 +60,12 @@ type fakeUpstream struct {
 	states   []string        // state files passed to Login
 
 	clients, closes, logins, syncs, lists, creates, updates, deletes int
+	projectGets                                                      int
 	violations                                                       []string
 }
 
 func newFakeUpstream(t *testing.T) *fakeUpstream {
-	return &fakeUpstream{t: t, secrets: map[string]smSecret{}, revoked: map[string]bool{}}
+	return &fakeUpstream{t: t, secrets: map[string]smSecret{}, revoked: map[string]bool{}, hidden: map[string]bool{}}
 }
 
 func (u *fakeUpstream) add(project, key, value string) string {
@@ -215,6 +217,20 @@ func (c *fakeClient) List(org string) ([]smSecretID, error) {
 		out = append(out, smSecretID{ID: s.ID, OrganizationID: s.OrganizationID, Key: s.Key})
 	}
 	return out, nil
+}
+
+func (c *fakeClient) ProjectExists(id string) (bool, error) {
+	defer c.enter("project")()
+	c.u.mu.Lock()
+	defer c.u.mu.Unlock()
+	c.u.projectGets++
+	if err := c.u.takeFail("project"); err != nil {
+		return false, err
+	}
+	if c.token == "" || c.u.revoked[c.token] {
+		return false, errors.New("API error: Received error message from server: [401 Unauthorized] ")
+	}
+	return !c.u.hidden[id], nil
 }
 
 func (c *fakeClient) Create(org, project, key, value, note string) (smSecret, error) {
@@ -722,21 +738,65 @@ func TestWarmRefreshCostsOneSync(t *testing.T) {
 }
 
 func TestCheck(t *testing.T) {
-	u := newFakeUpstream(t)
-	u.add(testProjectA, "K", "v")
-	s := newFakeSM(t, u, SMConfig{})
-	if err := s.Check(context.Background(), smTenant("acme", 1, testProjectA)); err != nil {
-		t.Fatalf("Check: %v", err)
+	tests := []struct {
+		name      string
+		projects  []string
+		hidden    string // project the account cannot see
+		fail      string // error queued for the first ProjectExists
+		want      Kind   // -1: success
+		wantNamed string // a project id the error must name
+		wantGets  int    // ProjectExists calls
+		revoke    bool   // the token is refused at login
+	}{
+		{name: "visible", projects: []string{testProjectA}, want: -1, wantGets: 1},
+		{name: "two visible", projects: []string{testProjectA, testProjectB}, want: -1, wantGets: 2},
+		{name: "second hidden", projects: []string{testProjectA, testProjectB}, hidden: testProjectB, want: KindConfig, wantNamed: testProjectB, wantGets: 2},
+		{name: "first hidden", projects: []string{testProjectA, testProjectB}, hidden: testProjectA, want: KindConfig, wantNamed: testProjectA, wantGets: 1},
+		{name: "project get fails 503 then ok", projects: []string{testProjectA}, fail: "API error: Received error message from server: [503 Service Unavailable] ", want: -1, wantGets: 2},
+		{name: "token refused", projects: []string{testProjectA}, revoke: true, want: KindCredentials, wantGets: 0},
 	}
-	u.mu.Lock()
-	lists, syncs := u.lists, u.syncs
-	u.mu.Unlock()
-	if lists != 1 || syncs != 0 {
-		t.Errorf("lists, syncs = %d, %d; want 1, 0", lists, syncs)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := newFakeUpstream(t)
+			u.add(testProjectA, "K", "v")
+			if tt.hidden != "" {
+				u.hidden[tt.hidden] = true
+			}
+			if tt.fail != "" {
+				u.failNext("project", errors.New(tt.fail), 1)
+			}
+			if tt.revoke {
+				u.revoked[testToken(1)] = true
+			}
+			s := newFakeSM(t, u, SMConfig{})
+			err := s.Check(context.Background(), smTenant("acme", 1, tt.projects...))
+			if tt.want < 0 {
+				if err != nil {
+					t.Fatalf("Check: %v, want nil", err)
+				}
+			} else {
+				wantKind(t, err, tt.want)
+			}
+			if tt.wantNamed != "" {
+				var fe *Error
+				if !errors.As(err, &fe) || !strings.Contains(fe.Msg, tt.wantNamed) || !strings.Contains(fe.Msg, "tenants.acme.project_ids") || !errors.Is(err, ErrNotResolved) {
+					t.Errorf("Check error = %v, want it to name project %s and tenants.acme.project_ids, with cause ErrNotResolved", err, tt.wantNamed)
+				}
+			}
+			u.mu.Lock()
+			lists, syncs, gets := u.lists, u.syncs, u.projectGets
+			u.mu.Unlock()
+			if syncs != 0 {
+				t.Errorf("syncs = %d, want 0: Check must not read values", syncs)
+			}
+			if wantLists := 1; !tt.revoke && lists != wantLists {
+				t.Errorf("lists = %d, want %d", lists, wantLists)
+			}
+			if gets != tt.wantGets {
+				t.Errorf("project gets = %d, want %d", gets, tt.wantGets)
+			}
+		})
 	}
-	u.revoked[testToken(2)] = true
-	err := s.Check(context.Background(), smTenant("globex", 2, testProjectA))
-	wantKind(t, err, KindCredentials)
 }
 
 func TestRetries(t *testing.T) {

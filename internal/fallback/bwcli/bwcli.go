@@ -281,10 +281,16 @@ func (b *Backend) Fetch(ctx context.Context, t fetch.Tenant) (fetch.Env, error) 
 	return env, nil
 }
 
-// Check logs in if needed, unlocks, syncs and locks again without reading any
-// value: it proves that the tenant's credentials work (broker status).
+// Check logs in if needed, unlocks, syncs, resolves the tenant's collection
+// by name (listing collections, no items) and locks again without reading
+// any value: it proves that the tenant's credentials work and that its
+// collection resolves (broker status). A collection that is missing or not
+// visible is the KindConfig error Fetch gives for it.
 func (b *Backend) Check(ctx context.Context, t fetch.Tenant) error {
-	return b.call(ctx, t, func(context.Context, vault, *dataDir) error { return nil })
+	return b.call(ctx, t, func(ctx context.Context, v vault, _ *dataDir) error {
+		_, err := b.resolveCollection(ctx, v, t, collectionName(t))
+		return err
+	})
 }
 
 // Close interrupts calls in flight (each still locks), then locks and stops

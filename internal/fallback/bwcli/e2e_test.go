@@ -228,6 +228,15 @@ func runModeTests(t *testing.T, mode string) {
 		bad.Password = "not the password"
 		h.wantKind(h.b.Check(ctx, bad), fetch.KindCredentials)
 		h.checkLocked(alice)
+		// The credentials work but the collection does not resolve.
+		missing := alice
+		missing.Collection = "no-such-collection"
+		err := h.b.Check(ctx, missing)
+		h.wantKind(err, fetch.KindConfig)
+		if !errors.Is(err, fetch.ErrNotResolved) || !strings.Contains(err.Error(), "no-such-collection") || !strings.Contains(err.Error(), "not found") {
+			t.Errorf("Check with a missing collection = %v, want the collection-not-found error naming it", err)
+		}
+		h.checkLocked(alice)
 	})
 
 	serveOnly("sequential fetches log in once", func(t *testing.T) {

@@ -362,10 +362,10 @@ func (b *Backend) resolveCollection(ctx context.Context, v vault, t fetch.Tenant
 	case 0:
 		return "", fetch.NewError(fetch.KindConfig, t.Name, fmt.Sprintf(
 			"collection %s not found in the organization, or not visible to this account; create it, "+
-				"give the account access, or fix the tenant's collection in the policy", quote(name)), nil)
+				"give the account access, or fix the tenant's collection in the policy", quote(name)), fetch.ErrNotResolved)
 	default:
 		return "", fetch.NewError(fetch.KindConfig, t.Name, fmt.Sprintf(
-			"%d collections of the organization are named %s; rename all but one upstream", len(ids), quote(name)), nil)
+			"%d collections of the organization are named %s; rename all but one upstream", len(ids), quote(name)), fetch.ErrNotResolved)
 	}
 }
 
