@@ -8,6 +8,9 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/hostd/broker/internal/scope"
+	"github.com/hostd/broker/internal/state"
 )
 
 // Exit codes (DESIGN 4).
@@ -166,6 +169,20 @@ func (c *cli) addFileFlags(fs *flag.FlagSet, f *fileFlags) {
 	fs.StringVar(&f.envFile, "env-file", c.getenv("BROKER_ENV_FILE"),
 		"provider env `FILE` with the upstream credentials, mode 0600 (env BROKER_ENV_FILE)")
 	fs.StringVar(&f.stateDir, "state-dir", c.getenv("BROKER_STATE_DIR"), "state `DIR`, mode 0700 (env BROKER_STATE_DIR)")
+}
+
+// load reads the policy and the provider env file (each checked: the policy
+// not writable by others, the env file owner-only).
+func (f *fileFlags) load() (*scope.Policy, map[string]string, error) {
+	pol, err := state.LoadPolicy(f.policy)
+	if err != nil {
+		return nil, nil, err
+	}
+	env, err := state.LoadEnvFile(f.envFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pol, env, nil
 }
 
 func (f *fileFlags) require(policy, envFile bool) error {

@@ -78,11 +78,7 @@ func runMigrate(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	pol, err := state.LoadPolicy(ff.policy)
-	if err != nil {
-		return err
-	}
-	envVars, err := state.LoadEnvFile(ff.envFile)
+	pol, envVars, err := ff.load()
 	if err != nil {
 		return err
 	}

@@ -123,11 +123,7 @@ func openBroker(ctx context.Context, logger *slog.Logger, ff fileFlags) (*broker
 			unlock()
 		}
 	}()
-	pol, err := state.LoadPolicy(ff.policy)
-	if err != nil {
-		return nil, err
-	}
-	envVars, err := state.LoadEnvFile(ff.envFile)
+	pol, envVars, err := ff.load()
 	if err != nil {
 		return nil, err
 	}
@@ -203,11 +199,7 @@ func (b *broker) reload(reason string) {
 		b.log.Error("token store does not load: refusing every caller token until it does", "reason", reason, "err", err)
 		tokens = scope.NewTokenStore()
 	}
-	pol, err := state.LoadPolicy(b.files.policy)
-	var envVars map[string]string
-	if err == nil {
-		envVars, err = state.LoadEnvFile(b.files.envFile)
-	}
+	pol, envVars, err := b.files.load()
 	if err != nil {
 		b.log.Error("reload refused: keeping the running policy", "reason", reason, "err", err)
 		if tokens != old.Tokens {

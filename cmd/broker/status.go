@@ -100,11 +100,7 @@ func runStatus(ctx context.Context, c *cli, args []string) error {
 	if err := state.CheckPrivateDir(ff.stateDir); err != nil {
 		return err
 	}
-	pol, err := state.LoadPolicy(ff.policy)
-	if err != nil {
-		return err
-	}
-	envVars, err := state.LoadEnvFile(ff.envFile)
+	pol, envVars, err := ff.load()
 	if err != nil {
 		return err
 	}

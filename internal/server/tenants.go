@@ -19,28 +19,27 @@ func BuildTenants(p *scope.Policy, env map[string]string) (tenants map[string]fe
 			Backend:        pt.Backend,
 			OrganizationID: pt.OrganizationID,
 		}
+		// The variable names come from the policy (one place spells them);
+		// the first one missing or empty makes the tenant fail by name.
+		names := pt.CredentialEnvNames()
 		var absent string
-		get := func(v string) fetch.Secret {
+		vals := make([]fetch.Secret, len(names))
+		for i, v := range names {
 			val, ok := env[v]
 			if (!ok || val == "") && absent == "" {
 				absent = v
 			}
-			return fetch.Secret(val)
+			vals[i] = fetch.Secret(val)
 		}
 		switch pt.Backend {
 		case fetch.BackendSM:
 			t.ProjectIDs = append([]string(nil), pt.ProjectIDs...)
-			t.AccessToken = get(pt.AccessTokenEnv)
-			t.CredentialsFrom = pt.AccessTokenEnv
+			t.AccessToken = vals[0]
+			t.CredentialsFrom = names[0]
 		case fetch.BackendBWCLI:
-			t.Collection = pt.Collection
-			if t.Collection == "" {
-				t.Collection = name
-			}
+			t.Collection = pt.Collection // the parser defaults it to the tenant name
 			t.CredentialsFrom = pt.CredentialsEnvPrefix + "BW_*"
-			t.ClientID = get(pt.CredentialsEnvPrefix + "BW_CLIENTID")
-			t.ClientSecret = get(pt.CredentialsEnvPrefix + "BW_CLIENTSECRET")
-			t.Password = get(pt.CredentialsEnvPrefix + "BW_PASSWORD")
+			t.ClientID, t.ClientSecret, t.Password = vals[0], vals[1], vals[2]
 		}
 		if absent != "" {
 			missing[name] = absent
